@@ -1,0 +1,1 @@
+"""Kernel families behind the op contracts: ``reference`` (PyTorch, any device), ``triton``, ``flydsl``."""

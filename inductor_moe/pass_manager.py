@@ -56,8 +56,17 @@ class MoEGraphPass(_Base):
         return (get_hash_for_files(_source_files()).hex(), repr(config.snapshot()), chained)
 
 
+def _is_training_graph(graph) -> bool:
+    """Fallback for torch versions that do not pass ``is_inference`` to the pass: AOTAutograd names the
+    inputs of partitioned forward/backward graphs ``primals_*``/``tangents_*``, those of inference graphs
+    ``arg*``."""
+    return any(n.op == "placeholder" and n.name.startswith(("primals_", "tangents_")) for n in graph.nodes)
+
+
 def rewrite_graph(graph, is_inference: bool | None = None) -> int:
     """Run every enabled pattern over ``graph``; return the number of replacements."""
+    if is_inference is None:
+        is_inference = not _is_training_graph(graph)
     replaced = 0
     for pattern in PATTERNS:
         if pattern.NAME in config.disabled_patterns:

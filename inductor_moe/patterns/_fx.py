@@ -250,6 +250,6 @@ def module_path(node: Node) -> str:
     """The innermost module a node came from (``model.layers.0.mlp.experts``), for diagnostics."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
-        return "?"
+        return "<root>"
     path = list(stack.values())[-1][0]
     return path.replace("L['self'].", "").replace("L['self']", "<root>")

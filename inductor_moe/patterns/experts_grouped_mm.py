@@ -70,12 +70,23 @@ def anchors(graph: Graph) -> list[Node]:
     return found
 
 
+def _masked(node) -> tuple[Node, Node, object] | None:
+    """(x, mask, fill) of ``masked_fill(x, mask, fill)`` or of its decomposition
+    ``where(mask, full([], fill), x)``; None for any other node."""
+    if _fx.is_op(node, aten.masked_fill.Scalar):
+        return node.args[0], node.args[1], node.args[2]
+    if _fx.is_op(node, aten.where.self):
+        mask, fill, x = node.args
+        if _fx.is_op(fill, aten.full.default) and list(fill.args[0]) == []:
+            return x, mask, fill.args[1]
+    return None
+
+
 def _gather_of(mm: Node):
     """The token gather feeding a grouped mm's input, past a dtype cast and a sentinel mask."""
     x = _fx.strip_convert(mm.args[0])
-    if _fx.is_op(x, aten.masked_fill.Scalar):
-        x = x.args[0]
-    return x
+    masked = _masked(x)
+    return masked[0] if masked else x
 
 
 def _same(a, b) -> bool:
@@ -96,9 +107,10 @@ def _check_grouped_mm(mm: Node):
 
 def _sentinel_mask(node: Node, sort_node: Node, num_experts: int, nodes: set) -> Node:
     """Skip ``masked_fill(x, (ids_g >= E).unsqueeze(-1), 0)`` (transformers 5.17), checking the mask."""
-    if not _fx.is_op(node, aten.masked_fill.Scalar):
+    masked = _masked(node)
+    if masked is None:
         return node
-    x, mask, value = node.args[:3]
+    x, mask, value = masked
     unsq = _fx.expect(mask, aten.unsqueeze.default, "unsqueeze of the sentinel mask")
     ge = _fx.expect(unsq.args[0], (aten.ge.Scalar,), "ids_g >= num_experts")
     src = _fx.strip(ge.args[0], aten.clamp.default)
@@ -106,6 +118,8 @@ def _sentinel_mask(node: Node, sort_node: Node, num_experts: int, nodes: set) ->
     if ge.args[1] != num_experts or value != 0:
         fail("masked_fill that is not the expert-parallel sentinel mask", node)
     nodes.update({node, unsq, ge})
+    if _fx.is_op(node, aten.where.self):
+        nodes.add(node.args[1])
     return x
 
 
@@ -205,7 +219,7 @@ def _match_offsets(offs: Node, sort_node: Node, num_experts: int, nodes: set):
 
 def _match_activation(mm1: Node, mm2: Node, sort_node: Node, num_experts: int, inter, nodes: set) -> str:
     h = mm1
-    masked = [u for u in mm1.users if _fx.is_op(u, aten.masked_fill.Scalar)]
+    masked = [u for u in mm1.users if _masked(u) is not None]
     if masked:
         h = masked[0]
         _sentinel_mask(h, sort_node, num_experts, nodes)
@@ -243,7 +257,7 @@ def _match_activation(mm1: Node, mm2: Node, sort_node: Node, num_experts: int, i
 def _match_combine(mm2: Node, perm: Node, sort_node: Node, num_experts: int, top_k: int, hv, nodes: set):
     y = mm2
     users = list(y.users)
-    if len(users) == 1 and _fx.is_op(users[0], aten.masked_fill.Scalar):
+    if len(users) == 1 and _masked(users[0]) is not None:
         y = users[0]
         _sentinel_mask(y, sort_node, num_experts, nodes)
         users = list(y.users)

@@ -24,18 +24,34 @@ from . import stats as _stats
 BACKENDS = ("flydsl", "triton", "reference")
 
 
-@dataclass(frozen=True)
+@dataclass
 class KernelEntry:
-    fn: Callable
+    # a callable, or "package.module:function" imported on first use (so importing inductor_moe does not
+    # import Triton or FlyDSL kernels; TRITON_INTERPRET is read when a kernel module is imported)
+    fn: Callable | str
     # returns None when the family takes the call, else a short reason it declines
-    supports: Callable[..., str | None] | None = None
+    supports: Callable[..., str | None] | str | None = None
+
+    def resolve(self) -> "KernelEntry":
+        if isinstance(self.fn, str):
+            self.fn = _load(self.fn)
+        if isinstance(self.supports, str):
+            self.supports = _load(self.supports)
+        return self
+
+
+def _load(path: str) -> Callable:
+    import importlib
+
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _REGISTRY: dict[tuple[str, str], KernelEntry] = {}
 _local = threading.local()
 
 
-def register_kernel(op: str, backend: str, fn: Callable, supports: Callable[..., str | None] | None = None):
+def register_kernel(op: str, backend: str, fn: Callable | str, supports: Callable[..., str | None] | str | None = None):
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown {backend!r}; expected one of {BACKENDS}")
     _REGISTRY[(op, backend)] = KernelEntry(fn, supports)
@@ -88,10 +104,11 @@ def select(op: str, device: torch.device, **call_info) -> tuple[str, Callable]:
             if backend != "reference" and not forced:
                 _stats.record_fallback(op, f"{backend}: no kernel for {op}")
             continue
+        entry.resolve()
         reason = entry.supports(**call_info) if entry.supports is not None else None
         if reason is None:
             return backend, entry.fn
         _stats.record_fallback(op, f"{backend}: {reason}")
     if forced and forced != "reference":
         raise RuntimeError(f"INDUCTOR_MOE_BACKEND / force_backend: {forced!r} cannot run {op} here")
-    return "reference", _REGISTRY[(op, "reference")].fn
+    return "reference", _REGISTRY[(op, "reference")].resolve().fn

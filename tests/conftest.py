@@ -1,8 +1,13 @@
 import os
 import warnings
 
-import pytest
-import torch
+# No GPU (CI, developer machines): Triton kernels run in the interpreter on CPU tensors. Triton reads
+# this when triton.language is first imported, which torch may do, so it is set before importing torch.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Rewrites are counted when a graph is compiled; a warm FX-graph/AOT cache would skip the pass and
 # leave stats() empty, so tests always compile.

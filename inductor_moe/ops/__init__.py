@@ -6,3 +6,23 @@ registration of its reference kernel with the dispatch. Importing this package r
 from . import experts, moe, route, route_sort, sort  # noqa: F401
 
 OP_NAMES = ("route", "sort", "route_sort", "experts_sorted", "experts", "moe")
+
+
+
+def _register_kernel_families() -> None:
+    """Register the optional kernel families whose dependencies are installed (imported on first use)."""
+    import importlib.util
+
+    from .. import dispatch
+
+    if importlib.util.find_spec("triton") is not None:
+        experts = "inductor_moe.kernels.triton.experts"
+        for op in ("experts_sorted", "experts", "moe"):
+            dispatch.register_kernel(op, "triton", f"{experts}:{op}_triton", f"{experts}:supports_experts")
+        from ..kernels import triton as triton_kernels  # its register() names the route/sort kernels
+
+        if hasattr(triton_kernels, "register"):
+            triton_kernels.register()
+
+
+_register_kernel_families()

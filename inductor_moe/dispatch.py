@@ -31,6 +31,9 @@ class KernelEntry:
     fn: Callable | str
     # returns None when the family takes the call, else a short reason it declines
     supports: Callable[..., str | None] | str | None = None
+    # False until the kernel has passed tools/gpu_check.py on a real GPU: such a kernel runs only when
+    # forced (force_backend / INDUCTOR_MOE_BACKEND) or with INDUCTOR_MOE_UNVERIFIED=1
+    verified: bool = True
 
     def resolve(self) -> "KernelEntry":
         if isinstance(self.fn, str):
@@ -51,10 +54,11 @@ _REGISTRY: dict[tuple[str, str], KernelEntry] = {}
 _local = threading.local()
 
 
-def register_kernel(op: str, backend: str, fn: Callable | str, supports: Callable[..., str | None] | str | None = None):
+def register_kernel(op: str, backend: str, fn: Callable | str, supports: Callable[..., str | None] | str | None = None,
+                    verified: bool = True):
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown {backend!r}; expected one of {BACKENDS}")
-    _REGISTRY[(op, backend)] = KernelEntry(fn, supports)
+    _REGISTRY[(op, backend)] = KernelEntry(fn, supports, verified)
 
 
 def registered(op: str) -> list[str]:
@@ -103,6 +107,9 @@ def select(op: str, device: torch.device, **call_info) -> tuple[str, Callable]:
         if entry is None:
             if backend != "reference" and not forced:
                 _stats.record_fallback(op, f"{backend}: no kernel for {op}")
+            continue
+        if not entry.verified and not forced and os.environ.get("INDUCTOR_MOE_UNVERIFIED") != "1":
+            _stats.record_fallback(op, f"{backend}: kernel not yet verified on a GPU (INDUCTOR_MOE_UNVERIFIED=1 to use)")
             continue
         entry.resolve()
         reason = entry.supports(**call_info) if entry.supports is not None else None

@@ -14,6 +14,27 @@ ORDERS = ("softmax_then_topk", "topk_then_softmax")
 MAX_TOKENS = 1 << 24  # token index field of the packed sorted ids
 
 
+MAX_TOP_K = 127  # slot field of the packed sorted ids: (slot << 24) | token stays a positive int32
+
+
+def int_arg(name: str, value, lo: int, hi: int | None = None, what: str = ""):
+    """``lo <= value <= hi`` for an int; a SymInt (symbolic trace) is checked only where the bound is
+    decidable without a guard, and again at run time with the concrete value."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        _fail(name, f"expected an int, got {value!r}", TypeError)
+    bad_lo = value < lo if isinstance(value, int) else statically_known_true(value < lo)
+    bad_hi = hi is not None and (value > hi if isinstance(value, int) else statically_known_true(value > hi))
+    if bad_lo or bad_hi:
+        _fail(name, f"must be in [{lo}, {hi if hi is not None else 'inf'}]{what}, got {value}")
+
+
+def top_k_arg(name: str, top_k, num_experts):
+    int_arg(name, top_k, 1, min(num_experts, MAX_TOP_K),
+            f" (num_experts={num_experts}; the sorted layout packs the slot in 7 bits)")
+
+
 def too_many_tokens(tokens) -> bool:
     """T >= 2**24, decided without adding a guard when T is symbolic (checked again at run time)."""
     from torch.fx.experimental.symbolic_shapes import statically_known_true
@@ -50,8 +71,7 @@ def shape(name: str, t: torch.Tensor, expected: tuple, what: str):
 def route_args(logits, top_k, scoring, renormalize, order, correction_bias, n_group, topk_group, scaling):
     tensor("logits", logits, ndim=2, floating=True)
     num_experts = logits.shape[1]
-    if not isinstance(top_k, int) or top_k < 1 or top_k > num_experts:
-        _fail("top_k", f"must be in [1, num_experts={num_experts}], got {top_k}")
+    top_k_arg("top_k", top_k, num_experts)
     if scoring not in SCORINGS:
         _fail("scoring", f"expected one of {SCORINGS}, got {scoring!r}")
     if order not in ORDERS:
@@ -84,8 +104,7 @@ def sort_args(ids, weights, num_experts, block_m, expert_mask):
     same_device("ids", ids, weights=weights, expert_mask=expert_mask)
     if num_experts < 1:
         _fail("num_experts", f"must be >= 1, got {num_experts}")
-    if ids.shape[1] > num_experts:
-        _fail("ids", f"top_k={ids.shape[1]} exceeds num_experts={num_experts}")
+    top_k_arg("ids", ids.shape[1], num_experts)
     block(block_m)
     if too_many_tokens(ids.shape[0]):
         _fail("ids", f"{ids.shape[0]} tokens; the sorted layout packs token indices in 24 bits (< {MAX_TOKENS})")
@@ -95,8 +114,7 @@ def sort_args(ids, weights, num_experts, block_m, expert_mask):
 
 
 def block(block_m):
-    if not isinstance(block_m, int) or block_m < 1:
-        _fail("block_m", f"must be a positive int, got {block_m!r}")
+    int_arg("block_m", block_m, 1)
 
 
 def activation_args(activation, gate_up_interleaved, alpha, limit):
@@ -136,16 +154,14 @@ def routing(hidden, ids, weights, num_experts):
     shape("ids", ids, (hidden.shape[0], ids.shape[1]), "[T, k] with T from hidden")
     shape("weights", weights, tuple(ids.shape), "same as ids")
     same_device("hidden", hidden, ids=ids, weights=weights)
-    if ids.shape[1] > num_experts:
-        _fail("ids", f"top_k={ids.shape[1]} exceeds num_experts={num_experts} (from w13)")
+    top_k_arg("ids", ids.shape[1], num_experts)
 
 
 def sorted_layout(hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, num_experts, top_k, block_m):
     from ..kernels.reference.sort import sorted_length
 
     block(block_m)
-    if top_k < 1 or top_k > num_experts:
-        _fail("top_k", f"must be in [1, num_experts={num_experts}], got {top_k}")
+    top_k_arg("top_k", top_k, num_experts)
     length = sorted_length(hidden.shape[0], top_k, num_experts, block_m)
     tensor("sorted_token_ids", sorted_token_ids, ndim=1, dtypes=(torch.int32,))
     shape("sorted_token_ids", sorted_token_ids, (length,), "T*k + E*(block_m-1) rounded up to block_m")

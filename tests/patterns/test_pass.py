@@ -158,3 +158,24 @@ def test_pass_is_idempotent():
     with torch._inductor.config.patch(post_grad_custom_post_pass=Twice()):
         ref, out = _run(block, x, backend="inductor_moe")
     assert graphs == [0] and rel_l2(out, ref) < 1e-5
+
+
+def test_training_graph_recognised_without_is_inference():
+    """torch versions that call the pass as pass(graph), without is_inference, still skip training graphs."""
+    from inductor_moe.pass_manager import rewrite_graph
+
+    class Plain(torch._inductor.custom_graph_pass.CustomGraphPass):
+        def __call__(self, graph):
+            rewrite_graph(graph)
+
+        def uuid(self):
+            return None
+
+    block = _block().train()
+    x = torch.randn(2, 3, 32, requires_grad=True)
+    with torch._inductor.config.patch(post_grad_custom_pre_pass=Plain()):
+        out = torch.compile(block)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, block(x))
+    s = inductor_moe.stats()
+    assert s["matches"] == {} and any("training" in r["reason"] for r in s["rejected"])

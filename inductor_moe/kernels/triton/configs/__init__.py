@@ -61,7 +61,7 @@ def _device_name() -> str:
 
 def pick_config(tokens, top_k, num_experts, hidden, inter, dtype, block_m: int | None = None) -> ExpertsConfig:
     entries = _table(_device_name()).get(shape_key(num_experts, hidden, inter, top_k, dtype), [])
-    config = next((ExpertsConfig(**{k: v for k, v in e.items() if k != "max_tokens"})
+    config = next((ExpertsConfig(**{k: v for k, v in e.items() if k not in ("max_tokens", "us")})
                    for e in entries if tokens <= e["max_tokens"]), None)
     config = config or default_config(tokens, top_k, num_experts, hidden, inter)
     if block_m is not None and block_m != config.block_m:  # experts_sorted: the caller fixed block_m

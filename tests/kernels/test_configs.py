@@ -1,0 +1,34 @@
+"""The Triton expert-GEMM config table: lookup by device and shape, bucket by T, default elsewhere."""
+import json
+
+import torch
+
+from inductor_moe.kernels.triton import configs
+
+
+def test_default_config_by_rows_per_expert():
+    decode = configs.default_config(1, 8, 128, 2048, 768)
+    prefill = configs.default_config(16384, 8, 128, 2048, 768)
+    assert decode.block_m == 16 and prefill.block_m >= 64
+    assert configs.pick_config(1, 8, 128, 2048, 768, torch.bfloat16) == decode  # no table on this machine
+
+
+def test_table_lookup(tmp_path, monkeypatch):
+    monkeypatch.setattr(configs, "_DIR", tmp_path)
+    monkeypatch.setattr(configs, "_device_name", lambda: "Fake GPU")
+    configs._table.cache_clear()
+    key = configs.shape_key(128, 2048, 768, 8, torch.bfloat16)
+    small = {"max_tokens": 8, "block_m": 16, "n1": 32, "k1": 128, "warps1": 4, "stages1": 4, "n2": 32, "k2": 128,
+             "warps2": 4, "stages2": 4, "us": 30.0}
+    large = {**small, "max_tokens": 4096, "block_m": 64, "n1": 128}
+    (tmp_path / "Fake_GPU.json").write_text(json.dumps({key: [small, large]}))
+    try:
+        assert configs.pick_config(5, 8, 128, 2048, 768, torch.bfloat16).n1 == 32
+        assert configs.pick_config(100, 8, 128, 2048, 768, torch.bfloat16).block_m == 64
+        # past the last bucket, and for other shapes: the default
+        assert configs.pick_config(9000, 8, 128, 2048, 768, torch.bfloat16) == configs.default_config(9000, 8, 128, 2048, 768)
+        assert configs.pick_config(5, 8, 64, 2048, 768, torch.bfloat16) == configs.default_config(5, 8, 64, 2048, 768)
+        # experts_sorted fixes block_m: the table's tiles are kept, the block size is the caller's
+        assert configs.pick_config(5, 8, 128, 2048, 768, torch.bfloat16, block_m=32).block_m == 32
+    finally:
+        configs._table.cache_clear()

@@ -149,10 +149,6 @@ class Region:
             env[node] = node.target(*load(node.args), **{k: load(v) for k, v in node.kwargs.items()})
         return env[self.output]
 
-    def users_outside(self) -> list[Node]:
-        inside = set(self.nodes)
-        return [n for n in self.nodes[:-1] for u in n.users if u not in inside]
-
 
 def backward_region(output: Node, inputs: Iterable[Node]) -> Region:
     """The row-wise region between ``inputs`` and ``output``; fails if any other tensor feeds it."""

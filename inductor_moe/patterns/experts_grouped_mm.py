@@ -155,7 +155,8 @@ def match(mm1: Node) -> ExpertsMatch:
     flat_ids = _fx.expect(sort_node.args[0], _fx.VIEW_OPS, "ids.reshape(-1)")
     ids = flat_ids.args[0]
     nodes.update({tok, perm, sort_node, flat_ids})
-    _check_gather(mm1, _sentinel_mask(_fx.strip_convert(mm1.args[0]), sort_node, num_experts, nodes), gather)
+    if _sentinel_mask(_fx.strip_convert(mm1.args[0]), sort_node, num_experts, nodes) is not gather:
+        fail("the first grouped mm does not read the token gather", mm1)
 
     hv, iv = _fx.val(hidden), _fx.val(ids)
     if hv is None or hv.dim() != 2 or not hv.is_floating_point():
@@ -199,11 +200,6 @@ def match(mm1: Node) -> ExpertsMatch:
         if n is not out and outside:
             fail(f"intermediate {n.name} is also used by {outside[0].name} outside the experts block", n)
     return ExpertsMatch(mm1, out, hidden, ids, weights, w13_t, w2_t, activation, nodes)
-
-
-def _check_gather(mm1: Node, masked_input: Node, gather: Node):
-    if masked_input is not gather:
-        fail("the first grouped mm does not read the token gather", mm1)
 
 
 def _match_offsets(offs: Node, sort_node: Node, num_experts: int, nodes: set):

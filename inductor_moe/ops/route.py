@@ -6,6 +6,10 @@ Inputs: ``logits`` [T, E] (any float dtype), ``top_k``, ``scoring`` ("softmax" |
 ``scaling`` (routed_scaling_factor).
 Outputs: ``weights`` [T, k] float32, ``ids`` [T, k] int32, in descending order of selection score.
 
+NaN or +inf logits: that token's ids are still valid experts in [0, E) (which ones is unspecified) and its
+weights are NaN, so its output row in ``moe``/``experts`` is NaN; other tokens are unaffected. No kernel
+may turn such input into an out-of-range id.
+
 Example: logits [[0, 1, 2]] with top_k=2, softmax, renormalize -> ids [[2, 1]],
 weights [[0.731, 0.269]] (e^2/(e^2+e^1), e^1/(e^2+e^1)).
 """

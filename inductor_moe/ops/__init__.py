@@ -26,6 +26,10 @@ def _register_kernel_families() -> None:
 
         if hasattr(triton_kernels, "register"):
             triton_kernels.register()
+    if importlib.util.find_spec("flydsl") is not None:
+        from ..kernels import flydsl as flydsl_kernels
+
+        flydsl_kernels.register()
 
 
 _register_kernel_families()

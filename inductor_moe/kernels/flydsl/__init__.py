@@ -1,0 +1,19 @@
+"""FlyDSL kernels for AMD Instinct gfx942 / gfx950 (``pip install flydsl==0.4.2``).
+
+- ``layout``: the router kernel's index arithmetic in plain Python (shared with the tests' emulation).
+- ``route``: top-k gating kernel for ``inductor_moe::route`` (``route_flydsl``, ``supports_route``,
+  ``build_route_kernel``, ``compile_route_kernel`` for the ISA without a GPU).
+- ``toolchain``: finds the compile-only tools that ``.ci/setup_flydsl.sh`` installs.
+
+Importing this package imports neither FlyDSL nor the kernels. The kernels have been compiled and their
+ISA checked, but not yet run on an AMD GPU: ``register`` enters them as unverified (used only when forced
+or with ``INDUCTOR_MOE_UNVERIFIED=1``).
+"""
+
+
+def register() -> None:
+    """Register the FlyDSL kernels with the dispatch (imported on first use)."""
+    from ... import dispatch
+
+    dispatch.register_kernel("route", "flydsl", "inductor_moe.kernels.flydsl.route:route_flydsl",
+                             "inductor_moe.kernels.flydsl.route:supports_route", verified=False)

@@ -7,6 +7,7 @@
     inductor_moe.stats()                                           # matches, rejections, fallbacks
 """
 from . import ops  # noqa: F401  registers torch.ops.inductor_moe.*
+from . import hf  # noqa: F401  registers experts_implementation="inductor_moe" once transformers loads
 from .backend import inductor_moe_backend, register as _register_backend
 from .dispatch import force_backend
 from .pass_manager import disable, enable, is_enabled

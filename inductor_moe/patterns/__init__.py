@@ -4,9 +4,19 @@
 Order matters: experts and routers are replaced independently, then a route op that feeds an experts
 op directly is fused with it into ``moe``.
 """
-from . import experts_grouped_mm, fuse_moe, router_softmax_topk
+from . import (
+    experts_batched_mm,
+    experts_grouped_mm,
+    fuse_moe,
+    router_sigmoid_group,
+    router_softmax_topk,
+    router_topk_softmax,
+)
 from ._fx import MatchFail
 
-PATTERNS = (experts_grouped_mm, router_softmax_topk, fuse_moe)
+# the specific routers run before router_softmax_topk, which looks at every remaining top-k: the group
+# router's inner top-ks are gone by then, and a top-k-then-softmax never reaches it to be turned down
+PATTERNS = (experts_grouped_mm, experts_batched_mm, router_sigmoid_group, router_topk_softmax, router_softmax_topk,
+            fuse_moe)
 
 __all__ = ["PATTERNS", "MatchFail"]

@@ -16,11 +16,11 @@ def _register_kernel_families() -> None:
     from .. import dispatch
 
     if importlib.util.find_spec("triton") is not None:
-        experts = "inductor_moe.kernels.triton.experts"
+        module = "inductor_moe.kernels.triton.experts"
         for op in ("experts_sorted", "experts", "moe"):
             # written and interpreter-tested, not yet run on a GPU (no device machine was lent after they
             # were written): opt-in until tools/gpu_check.py passes on one
-            dispatch.register_kernel(op, "triton", f"{experts}:{op}_triton", f"{experts}:supports_experts",
+            dispatch.register_kernel(op, "triton", f"{module}:{op}_triton", f"{module}:supports_experts",
                                      verified=False)
         from ..kernels import triton as triton_kernels  # its register() names the route/sort kernels
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.fx import Graph, Node
 
-from . import _fx
-from ._fx import MatchFail, aten, fail
+from . import _fx, _router
+from ._fx import aten, fail
 
 NAME = "router_softmax_topk"
 
@@ -44,54 +44,6 @@ def anchors(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if _fx.is_op(n, aten.topk.default)]
 
 
-def _rowwise_ancestors(node: Node) -> list[Node]:
-    """``node`` and every node above it reachable through row-wise ops, plus the first non-row-wise
-    node on each path (the candidate logits), in graph order."""
-    seen, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if n.op == "call_function" and _fx.is_rowwise(n):
-            stack.extend(_fx._tensor_inputs(n))
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    return sorted(seen, key=order.__getitem__)
-
-
-def _find_logits(probs: Node) -> Node:
-    shape = tuple(_fx.val(probs).shape)
-    tol = _fx.tolerance(_fx.val(probs).dtype)
-    for candidate in _rowwise_ancestors(probs):
-        v = _fx.val(candidate)
-        if candidate is probs or v is None or tuple(v.shape) != shape or not v.is_floating_point():
-            continue
-        try:
-            region = _fx.backward_region(probs, [candidate])
-        except MatchFail:
-            continue
-        num_experts = shape[1] if isinstance(shape[1], int) else 8
-        gen = torch.Generator().manual_seed(0)
-        probes = [((torch.randn(5, num_experts, generator=gen) * s).to(v.dtype),) for s in (0.5, 3.0, 12.0)]
-        if _fx.matches(region, probes, lambda x: torch.softmax(x, dim=-1), max(tol, _fx.tolerance(v.dtype))):
-            return candidate
-    fail("the top-k input is not softmax(logits, -1) of any node above it", probs)
-
-
-def _forward_region(start: Node) -> list[Node]:
-    inside, frontier = {start}, [start]
-    while frontier:
-        node = frontier.pop()
-        for user in node.users:
-            if user in inside or not _fx.is_rowwise(user):
-                continue
-            if all(i in inside for i in _fx._tensor_inputs(user)):
-                inside.add(user)
-                frontier.append(user)
-    order = {n: i for i, n in enumerate(start.graph.nodes)}
-    return sorted(inside, key=order.__getitem__)
-
-
 def _classify_exit(vals: Node, exit_node: Node, top_k: int) -> str | None:
     region = _fx.backward_region(exit_node, [vals])
     gen = torch.Generator().manual_seed(1)
@@ -108,40 +60,22 @@ def _classify_exit(vals: Node, exit_node: Node, top_k: int) -> str | None:
 
 
 def match(topk: Node) -> RouterMatch:
-    _fx.expect(topk, aten.topk.default, "aten.topk")
-    probs = topk.args[0]
-    pv = _fx.val(probs)
-    if pv is None or pv.dim() != 2:
-        fail("top-k input is not a 2-D [tokens, experts] tensor", topk)
-    top_k = _fx.int_const(_fx.arg(topk, 1, "k"), "k", topk)
-    if not _fx.is_last_dim(_fx.arg(topk, 2, "dim", -1), 2):
-        fail("top-k is not over the expert (last) dim", topk)
-    if not _fx.arg(topk, 3, "largest", True):
-        fail("top-k with largest=False", topk)
-
-    logits = _find_logits(probs)
-
-    vals = ids = None
-    for user in topk.users:
-        _, index = _fx.getitem_of(user, topk)
-        if index == 0:
-            vals = user
-        else:
-            ids = user
+    top_k = _router.topk_args(topk)
+    logits, _ = _router.find_scoring_source(topk.args[0], ("softmax",))
+    vals, ids = _router.topk_outputs(topk)
     if ids is None:
         fail("top-k indices are unused", topk)
     if vals is None:
         fail("top-k values are unused (weights gathered another way)", topk)
 
-    region = _forward_region(vals)
-    inside = set(region)
-    exits = [n for n in region if any(u not in inside for u in n.users)]
+    region = _router.forward_region(vals)
+    exits = _router.region_exits(region)
     kinds = {n: _classify_exit(vals, n, top_k) for n in exits}
     renorm = [n for n in exits if kinds[n] == "renorm"]
     raw = [n for n in exits if kinds[n] == "raw"]
     if not renorm and not raw:
         fail("the top-k values reach no weights of a known form (raw or renormalized)", vals)
-    return RouterMatch(topk, logits, top_k, bool(renorm), renorm or raw, ids, inside)
+    return RouterMatch(topk, logits, top_k, bool(renorm), renorm or raw, ids, set(region))
 
 
 def replace(graph: Graph, m: RouterMatch) -> Node:

@@ -139,3 +139,19 @@ def dry_run(op, args: tuple, kwargs: dict, node: Node):
         raise
     except Exception as e:  # noqa: BLE001 - the op's checks raise ValueError/TypeError with the argument name
         fail(f"{op} refuses the matched arguments: {e}", node)
+
+
+def replace_route(graph, m, route_kwargs: dict) -> Node:
+    """Insert ``route(m.logits, m.top_k, **route_kwargs)`` before the top-k and rewire the users of the
+    top-k ids and of every weight exit (cast back to their dtypes). ``m`` is any router match with
+    ``topk, logits, top_k, ids, weight_exits, value_region``."""
+    with graph.inserting_before(m.topk):
+        weights, ids = _fx.call_multi(graph, torch.ops.inductor_moe.route.default, (m.logits, m.top_k),
+                                      route_kwargs, meta_from=m.topk)
+        ids_long = _fx.convert(graph, ids, _fx.val(m.ids).dtype)
+        new_weights = {e: _fx.convert(graph, weights, _fx.val(e).dtype) for e in m.weight_exits}
+    m.ids.replace_all_uses_with(ids_long)
+    for exit_node, new in new_weights.items():
+        # only users outside the value region: nodes inside it may still feed other (unreplaced) exits
+        exit_node.replace_all_uses_with(new, delete_user_cb=lambda u: u not in m.value_region)
+    return weights.args[0]

@@ -79,16 +79,4 @@ def match(topk: Node) -> RouterMatch:
 
 
 def replace(graph: Graph, m: RouterMatch) -> Node:
-    with graph.inserting_before(m.topk):
-        weights, ids = _fx.call_multi(
-            graph, torch.ops.inductor_moe.route.default, (m.logits, m.top_k),
-            {"scoring": "softmax", "renormalize": m.renormalize}, meta_from=m.topk,
-        )
-        ids_long = _fx.convert(graph, ids, _fx.val(m.ids).dtype)
-        new_weights = {e: _fx.convert(graph, weights, _fx.val(e).dtype) for e in m.weight_exits}
-    m.ids.replace_all_uses_with(ids_long)
-    for exit_node, new in new_weights.items():
-        # only users outside the value region: nodes inside it may still feed other (unreplaced) exits
-        exit_node.replace_all_uses_with(new, delete_user_cb=lambda u: u not in m.value_region)
-    return weights.args[0]
-
+    return _router.replace_route(graph, m, {"scoring": "softmax", "renormalize": m.renormalize})

@@ -9,6 +9,10 @@ Stage 2, one program per (block, tile of ``BLOCK_N`` hidden columns): ``act @ w2
 the routing weight in f32, written to row ``token * k + slot`` of a [T*k, H] buffer; the k rows of a
 token are then summed in slot order (deterministic: no atomics).
 Blocks past ``num_valid[0]`` return at once, so one launch shape serves every routing (CUDA graphs).
+Both grids are one-dimensional and walk the (row block, column tile) plane in groups of ``GROUP_M`` row
+blocks (``_tile``): the programs running together share the weight tiles of one or two experts and the row
+blocks they read, so both come from L2 instead of being re-read from HBM once per column tile.
+``T`` is not specialised on (``do_not_specialize``): one binary serves every token count.
 Weights are read through their strides: GPT-OSS's transposed storage needs no copy.
 """
 from __future__ import annotations
@@ -42,16 +46,28 @@ def _activation(g, u, ACT: tl.constexpr, alpha, limit):
 
 
 @triton.jit
+def _tile(num_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row block, column tile) of this program in the grouped order."""
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(num_blocks - first_m, GROUP_M)
+    local = pid % per_group
+    return first_m + local % group_rows, local // group_rows
+
+
+@triton.jit(do_not_specialize=["T"])
 def _stage1_kernel(
     x_ptr, sti_ptr, sei_ptr, nv_ptr, w_ptr, b_ptr, out_ptr,
-    T, K, I,
+    T, K, I, num_blocks,
     stride_xt, stride_xk, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
     alpha, limit,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr, UPCAST: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(num_blocks, I, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(nv_ptr):
         return
     expert = tl.load(sei_ptr + pid_m).to(tl.int64)
@@ -96,16 +112,15 @@ def _stage1_kernel(
     tl.store(out, h.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _stage2_kernel(
     a_ptr, sti_ptr, sw_ptr, sei_ptr, nv_ptr, w_ptr, b_ptr, out_ptr,
-    T, K, N, top_k,
+    T, K, N, top_k, num_blocks,
     stride_am, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_or,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile(num_blocks, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(nv_ptr):
         return
     expert = tl.load(sei_ptr + pid_m).to(tl.int64)
@@ -139,6 +154,51 @@ def _stage2_kernel(
     tl.store(out_ptr + dest, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+def _kernel_flags(hidden):
+    """(UPCAST, IEEE): the interpreter's bf16/fp16 dot is wrong, so it computes in f32 there; f32 inputs
+    get IEEE f32 dots (not TF32) so that they match the reference."""
+    return interpreting() and hidden.dtype != torch.float32, hidden.dtype == torch.float32
+
+
+def launch_stage1(hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, b13, act, block_m, activation,
+                  gate_up_interleaved, alpha, limit, config: ExpertsConfig):
+    """act[r] = activation(hidden[token of r] @ w13[expert of r's block].T (+ b13)) for every valid row r."""
+    tokens, hidden_dim = hidden.shape
+    inter = act.shape[1]
+    blocks = sorted_token_ids.shape[0] // block_m
+    upcast, ieee = _kernel_flags(hidden)
+    bias = b13 if b13 is not None else w13
+    _stage1_kernel[(blocks * triton.cdiv(inter, config.n1),)](
+        hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, bias, act,
+        tokens, hidden_dim, inter, blocks,
+        hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+        bias.stride(0) if b13 is not None else 0, bias.stride(1) if b13 is not None else 0, act.stride(0),
+        float(alpha), float(limit),
+        HAS_BIAS=b13 is not None, ACT=ACT_CODES[activation], INTERLEAVED=gate_up_interleaved, UPCAST=upcast,
+        IEEE=ieee, BLOCK_M=block_m, BLOCK_N=config.n1, BLOCK_K=config.k1, GROUP_M=config.group_m,
+        num_warps=config.warps1, num_stages=config.stages1,
+    )
+
+
+def launch_stage2(act, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w2, b2, rows, tokens,
+                  top_k, block_m, config: ExpertsConfig):
+    """rows[token * top_k + slot] = weight * (act[r] @ w2[expert].T (+ b2)) for every valid row r."""
+    inter = act.shape[1]
+    hidden_dim = rows.shape[1]
+    blocks = sorted_token_ids.shape[0] // block_m
+    upcast, ieee = _kernel_flags(act)
+    bias = b2 if b2 is not None else w2
+    _stage2_kernel[(blocks * triton.cdiv(hidden_dim, config.n2),)](
+        act, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w2, bias, rows,
+        tokens, inter, hidden_dim, top_k, blocks,
+        act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
+        bias.stride(0) if b2 is not None else 0, bias.stride(1) if b2 is not None else 0, rows.stride(0),
+        HAS_BIAS=b2 is not None, UPCAST=upcast, IEEE=ieee,
+        BLOCK_M=block_m, BLOCK_N=config.n2, BLOCK_K=config.k2, GROUP_M=config.group_m,
+        num_warps=config.warps2, num_stages=config.stages2,
+    )
+
+
 def experts_sorted_triton(
     hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w13, w2, top_k, block_m,
     b13, b2, activation, gate_up_interleaved, alpha, limit, config: ExpertsConfig | None = None,
@@ -148,39 +208,16 @@ def experts_sorted_triton(
     from a router, no expert mask), so no row of the [T*k, H] buffer needs zeroing first."""
     tokens, hidden_dim = hidden.shape
     inter = w2.shape[2]
-    length = sorted_token_ids.shape[0]
     if config is None:
         config = pick_config(tokens, top_k, w13.shape[0], hidden_dim, inter, hidden.dtype, block_m=block_m)
-    upcast = interpreting() and hidden.dtype != torch.float32
-    ieee = hidden.dtype == torch.float32
-    act = torch.empty(length, inter, dtype=hidden.dtype, device=hidden.device)
-    blocks = length // block_m
-    grid1 = (blocks, triton.cdiv(inter, config.n1))
-    bias13 = b13 if b13 is not None else w13
-    _stage1_kernel[grid1](
-        hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, bias13, act,
-        tokens, hidden_dim, inter,
-        hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
-        bias13.stride(0) if b13 is not None else 0, bias13.stride(1) if b13 is not None else 0, act.stride(0),
-        float(alpha), float(limit),
-        HAS_BIAS=b13 is not None, ACT=ACT_CODES[activation], INTERLEAVED=gate_up_interleaved, UPCAST=upcast,
-        IEEE=ieee, BLOCK_M=block_m, BLOCK_N=config.n1, BLOCK_K=config.k1,
-        num_warps=config.warps1, num_stages=config.stages1,
-    )
+    act = torch.empty(sorted_token_ids.shape[0], inter, dtype=hidden.dtype, device=hidden.device)
+    launch_stage1(hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, b13, act, block_m, activation,
+                  gate_up_interleaved, alpha, limit, config)
     # pairs the sort dropped (masked experts, ids outside [0, E)) leave their rows unwritten
     alloc = torch.empty if every_pair_routed else torch.zeros
     rows = alloc(tokens * top_k, hidden_dim, dtype=hidden.dtype, device=hidden.device)
-    grid2 = (blocks, triton.cdiv(hidden_dim, config.n2))
-    bias2 = b2 if b2 is not None else w2
-    _stage2_kernel[grid2](
-        act, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w2, bias2, rows,
-        tokens, inter, hidden_dim, top_k,
-        act.stride(0), w2.stride(0), w2.stride(1), w2.stride(2),
-        bias2.stride(0) if b2 is not None else 0, bias2.stride(1) if b2 is not None else 0, rows.stride(0),
-        HAS_BIAS=b2 is not None, UPCAST=upcast, IEEE=ieee,
-        BLOCK_M=block_m, BLOCK_N=config.n2, BLOCK_K=config.k2,
-        num_warps=config.warps2, num_stages=config.stages2,
-    )
+    launch_stage2(act, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w2, b2, rows, tokens,
+                  top_k, block_m, config)
     if top_k == 1:
         return rows
     return rows.view(tokens, top_k, hidden_dim).sum(dim=1)
@@ -203,10 +240,16 @@ def moe_triton(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, or
                topk_group, scaling, activation, gate_up_interleaved, alpha, limit):
     from ... import dispatch
 
+    from . import supports_route
+    from .decode import moe_decode_triton, use_decode
+
     tokens = hidden.shape[0]
     num_experts = w13.shape[0]
-    config = pick_config(tokens, top_k, num_experts, hidden.shape[1], w2.shape[2], hidden.dtype)
     route_args = (scoring, renormalize, order, correction_bias, n_group, topk_group, scaling)
+    if use_decode(tokens, top_k, num_experts) and supports_route(logits=logits, top_k=top_k) is None:
+        return moe_decode_triton(hidden, logits, w13, w2, top_k, b13, b2, *route_args, activation,
+                                 gate_up_interleaved, alpha, limit)
+    config = pick_config(tokens, top_k, num_experts, hidden.shape[1], w2.shape[2], hidden.dtype)
     _, route_sort = dispatch.select("route_sort", logits.device, logits=logits, top_k=top_k,
                                     block_m=config.block_m, scoring=scoring, order=order)
     outs = route_sort(logits, top_k, config.block_m, *route_args, None)

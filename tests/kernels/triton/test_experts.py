@@ -50,6 +50,20 @@ def test_experts_sorted_matches_reference_f32(activation, interleaved, bias, T):
     assert _err(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("group_m", [1, 2, 4, 64])
+def test_grouped_program_order_covers_every_tile(group_m):
+    """The grouped order (_tile) with groups that do and do not divide the row blocks."""
+    T, E, k, H, I = 23, 5, 3, 48, 40
+    x, logits, w13, w2, _, _ = _case(T, E, k, H, I, torch.float32, False, seed=1)
+    weights, ids = route_ref(logits, k)
+    sorted_out = sort_ref(ids, weights, E, 16)
+    assert sorted_out[0].shape[0] // 16 % group_m or group_m == 1  # a partial last group where possible
+    config = ExpertsConfig(16, 16, 16, 4, 1, 16, 16, 4, 1, group_m=group_m)
+    args = (w13, w2, k, 16, None, None, "silu", False, 1.702, 7.0)
+    got = experts_sorted_triton(x, *sorted_out, *args, config=config)
+    assert _err(got, experts_sorted_ref(x, *sorted_out, *args)) < 1e-5
+
+
 def test_experts_expert_mask_and_int64_ids():
     T, E, k, H, I = 9, 6, 3, 32, 16
     x, logits, w13, w2, _, _ = _case(T, E, k, H, I, torch.float32, False)

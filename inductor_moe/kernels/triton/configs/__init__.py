@@ -30,6 +30,7 @@ class ExpertsConfig:
     k2: int
     warps2: int
     stages2: int
+    group_m: int = 8  # row blocks per group of the grouped program order (both stages)
 
 
 def default_config(tokens: int, top_k: int, num_experts: int, hidden: int, inter: int) -> ExpertsConfig:
@@ -57,6 +58,20 @@ def _table(device_name: str) -> dict:
 
 def _device_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def decode_key(num_experts, hidden, inter, top_k, dtype, w13_k_contiguous=True, w2_k_contiguous=True) -> str:
+    """Table key of the decode tiles: the shape key, "/decode/", and the layout of w13 and w2 ("k": the
+    reduction axis is contiguous, HF's usual storage; "n": transposed, GPT-OSS's), e.g. ".../decode/kk"."""
+    layout = ("k" if w13_k_contiguous else "n") + ("k" if w2_k_contiguous else "n")
+    return f"{shape_key(num_experts, hidden, inter, top_k, dtype)}/decode/{layout}"
+
+
+def pick_decode_tiles(key: str) -> dict | None:
+    """Tuned (BLOCK_N, BLOCK_K, num_warps) of the decode kernels, {"up": (...), "down": (...)}, or None (then
+    ``decode.tiles_for`` picks by layout)."""
+    entry = _table(_device_name()).get(key)
+    return {k: tuple(v) for k, v in entry.items() if k in ("up", "down")} if entry else None
 
 
 def pick_config(tokens, top_k, num_experts, hidden, inter, dtype, block_m: int | None = None) -> ExpertsConfig:

@@ -9,7 +9,7 @@ replays). Floor per input set = max(distinct experts hit * 3*H*I*2 B + 2*T*H*2 B
 Peers: HF's block with experts implementation grouped_mm and batched_mm (same weights, CUDA graph;
 batched_mm skipped where its weight gather exceeds 16 GB), and the inductor_moe op called eagerly.
 Usage: python3 benchmarks/bench_moe_layer.py [--layers qwen3,gpt_oss,mixtral] [--tokens 1,8,64,...]
-       [--out results.json] [--budget-s 480]   (resumable: rows already in --out are skipped)
+       [--out results.json] [--budget-s 480] [--profile qwen3:1,qwen3:4096]   (resumable: rows already in --out are skipped)
 """
 from __future__ import annotations
 
@@ -79,13 +79,13 @@ def eager_time_us(fn, inputs, reps=3):
     return a.elapsed_time(b) * 1e3 / (reps * len(inputs))
 
 
-def make_layer(name, gen):
+def make_layer(name, gen, device="cuda"):
     c = LAYERS[name]
     H, I, E = c["H"], c["I"], c["E"]
     bf = torch.bfloat16
-    router = torch.randn(E, H, device="cuda", dtype=bf, generator=gen) * 0.02
-    w13 = torch.randn(E, 2 * I, H, device="cuda", dtype=bf, generator=gen) * 0.02
-    w2 = torch.randn(E, H, I, device="cuda", dtype=bf, generator=gen) * 0.02
+    router = torch.randn(E, H, device=device, dtype=bf, generator=gen) * 0.02
+    w13 = torch.randn(E, 2 * I, H, device=device, dtype=bf, generator=gen) * 0.02
+    w2 = torch.randn(E, H, I, device=device, dtype=bf, generator=gen) * 0.02
     return router, w13, w2
 
 
@@ -155,13 +155,45 @@ def run_row(name, T, gen):
     return row
 
 
+def profile_row(name, T, gen, top=8):
+    """Per-kernel CUDA time of one inductor_moe.moe call (torch.profiler), largest first."""
+    c = LAYERS[name]
+    router, w13, w2 = make_layer(name, gen)
+    x = torch.randn(T, c["H"], device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    def call():
+        return torch.ops.inductor_moe.moe(x, x @ router.t(), w13, w2, c["k"], activation=c["act"],
+                                          gate_up_interleaved=c["act"] == "swiglu_oai")
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            call()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) / 5
+    print(f"profile {name} T={T}: {total:.1f} us of kernels per call")
+    for e in events[:top]:
+        print(f"   {e.device_time_total / 5:8.1f} us  x{e.count // 5}  {e.key[:90]}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--layers", default="qwen3,gpt_oss,mixtral")
     p.add_argument("--tokens", default="1,8,64,512,4096,16384")
     p.add_argument("--out", default="bench_moe_layer.json")
     p.add_argument("--budget-s", type=float, default=480)
+    p.add_argument("--profile", default="", help="layer:T,... to profile per kernel, e.g. qwen3:1,qwen3:4096")
     args = p.parse_args()
+    if args.profile:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        with torch.no_grad():
+            for item in args.profile.split(","):
+                name, T = item.split(":")
+                profile_row(name, int(T), gen)
+        return
     rows = json.load(open(args.out)) if os.path.exists(args.out) else []
     done = {(r["layer"], r["T"]) for r in rows}
     start = time.time()

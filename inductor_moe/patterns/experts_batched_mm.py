@@ -25,7 +25,6 @@ a post-expert norm do not match.
 """
 from __future__ import annotations
 
-import itertools
 import operator
 from dataclasses import dataclass, field
 
@@ -33,20 +32,13 @@ import torch
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from . import _fx, _router
+from . import _experts, _fx, _router
+from ._experts import copies as _copies
+from ._experts import norm_dim as _norm_dim
+from ._experts import squeeze_dims as _squeeze_dims
 from ._fx import aten, fail
-from .experts_grouped_mm import GATED_ACTIVATIONS
 
 NAME = "experts_batched_mm"
-
-def _swiglu_oai(alpha: float, limit: float):
-    def fn(gate, up):
-        gate = gate.clamp(max=limit)
-        up = up.clamp(min=-limit, max=limit)
-        return gate * torch.sigmoid(gate * alpha) * (up + 1)
-
-    return fn
-
 
 @dataclass
 class BatchedMatch:
@@ -67,50 +59,11 @@ class BatchedMatch:
     nodes: set[Node] = field(default_factory=set)
 
     def experts_kwargs(self) -> dict:
-        kwargs = {}
-        if self.b13 is not None:
-            kwargs["b13"] = self.b13
-        if self.b2 is not None:
-            kwargs["b2"] = self.b2
-        kwargs["activation"] = self.activation
-        if self.interleaved:
-            kwargs["gate_up_interleaved"] = True
-        if self.activation == "swiglu_oai":
-            kwargs.update(alpha=self.alpha, limit=self.limit)
-        return kwargs
+        return _experts.experts_kwargs(self.b13, self.b2, self.activation, self.interleaved, self.alpha, self.limit)
 
 
 def _same(a, b) -> bool:
     return statically_known_true(a == b)
-
-
-def _squeeze_dims(node: Node) -> list[int] | None:
-    if _fx.is_op(node, aten.squeeze.dim):
-        return [node.args[1]]
-    if _fx.is_op(node, aten.squeeze.dims):
-        return list(node.args[1])
-    return None
-
-
-def _norm_dim(d: int, ndim: int) -> int:
-    return d + ndim if d < 0 else d
-
-
-def _copies(node: Node, nodes: set) -> list[Node]:
-    """The nodes holding the value of ``node`` past ``unsqueeze(d) -> squeeze(d)`` round trips (GPT-OSS's
-    ``gate_up[..., ::2]`` leaves them): ``node`` itself when it has no such single use."""
-    users = list(node.users)
-    if len(users) == 1 and _fx.is_op(users[0], aten.unsqueeze.default) and users[0].users:
-        unsq = users[0]
-        ndim = _fx.val(unsq).dim()
-        d = _norm_dim(unsq.args[1], ndim)
-        squeezes = list(unsq.users)
-        if all(_squeeze_dims(u) is not None and [_norm_dim(x, ndim) for x in _squeeze_dims(u)] == [d]
-               for u in squeezes):
-            nodes.add(unsq)
-            nodes.update(squeezes)
-            return [c for sq in squeezes for c in _copies(sq, nodes)]
-    return [node]
 
 
 def _weight_gather(node, what: str) -> tuple[Node, Node]:
@@ -382,66 +335,17 @@ def _id_side(flat_ids: Node, index: Node) -> set[Node]:
 
 def _match_activation(h: Node, inter: int, nodes: set):
     """(activation, interleaved, alpha, limit, act_out) of the elementwise gating of ``h`` [S, 2I]."""
-    halves, layouts = {}, set()
-    for copy in _copies(h, nodes):
-        for u in copy.users:
-            if _fx.is_op(u, aten.split.Tensor, aten.split_with_sizes.default):
-                sizes = u.args[1]
-                sizes = [sizes, sizes] if isinstance(sizes, int) else list(sizes)
-                if not _fx.is_last_dim(_fx.arg(u, 2, "dim", 0), 2) or len(sizes) < 2 or not all(
-                        _same(s, inter) for s in sizes[:2]):
-                    fail("gate_up is not chunked in two halves on the last dim", u)
-                for g in u.users:
-                    index = _fx.getitem_of(g, u)[1]
-                    if index in halves:
-                        fail("gate_up is split twice", u)
-                    halves[index] = g
-                nodes.add(u)
-                layouts.add("chunked")
-            elif _fx.is_op(u, aten.slice.Tensor):
-                dim, start = _fx.arg(u, 1, "dim", 0), _fx.arg(u, 2, "start", None) or 0
-                end, step = _fx.arg(u, 3, "end", None), _fx.arg(u, 4, "step", 1)
-                if not _fx.is_last_dim(dim, 2) or step != 2 or start not in (0, 1) or not (
-                        end is None or (isinstance(end, int) and end >= 2 * inter)):
-                    fail("gate_up slice is not [..., 0::2] or [..., 1::2]", u)
-                if start in halves:
-                    fail("gate_up is sliced twice the same way", u)
-                halves[start] = u
-                nodes.add(u)
-                layouts.add("interleaved")
-            else:
-                fail(f"gate_up output feeds {u.target}, not a split into gate and up", u)
-    if set(halves) != {0, 1} or len(layouts) != 1:
-        fail("gate_up is not used as one (gate, up) pair of halves", h)
-    interleaved = layouts == {"interleaved"}
-    gate, up = halves[0], halves[1]
-
+    gate, up, interleaved = _experts.gate_up_halves(h, inter, nodes)
     # the activation output: the one node that feeds the down projection's unsqueeze
-    region = None
     for cand in _router.rowwise_descendants(gate, up):
         if any(_fx.is_op(u, aten.unsqueeze.default) for u in cand.users):
-            try:
-                region = _fx.backward_region(cand, [gate, up])
-            except _fx.MatchFail as e:
-                fail(f"the gate/up activation also reads {e.node.name if e.node is not None else 'another value'} "
-                     "(a runtime scalar? dynamic=True makes float attributes such as alpha graph inputs)", cand)
+            region = _experts.activation_region(cand, gate, up)
             break
-    if region is None:
+    else:
         fail("no elementwise output of gate and up feeds the down projection", h)
     nodes.update({gate, up}, region.nodes)
-
-    dtype = _fx.val(gate).dtype
-    gen = torch.Generator().manual_seed(2)
-    probes = [tuple((torch.randn(4, 16, generator=gen) * s).to(dtype) for _ in range(2)) for s in (0.5, 3.0, 8.0, 16.0)]
-    tol = _fx.tolerance(dtype)
-    for name, fn in GATED_ACTIVATIONS.items():
-        if _fx.matches(region, probes, fn, tol):
-            return name, interleaved, 1.702, 7.0, region.output
-    constants = sorted({abs(float(c)) for c in _router.scalar_constants(region.nodes) if c != 0})
-    for alpha, limit in itertools.product(constants, constants):
-        if limit > 0 and _fx.matches(region, probes, _swiglu_oai(alpha, limit), tol):
-            return "swiglu_oai", interleaved, alpha, limit, region.output
-    fail("the gate/up activation is not one of " + ", ".join([*GATED_ACTIVATIONS, "swiglu_oai"]), region.output)
+    activation, alpha, limit = _experts.identify_activation(region, gate)
+    return activation, interleaved, alpha, limit, region.output
 
 
 def _match_combine(y: Node, top_k: int, hv, nodes: set) -> tuple[Node, Node]:

@@ -11,6 +11,10 @@ e.g. ``Qwen3MoeExperts``. The forward (transformers/integrations/moe.py, ``group
     y = grouped_mm(h, down_proj.transpose(-2, -1), offs) * w_g[:, None]     # in fp32/fp16
     out = y[inverse(perm)].view(T, k, H).sum(1)
 
+Families with ``is_transposed`` (GPT-OSS) multiply their stored [E, H, 2I] / [E, I, H] weights directly and
+add per-row biases gathered with the sorted ids (``h = grouped_mm(...) + b13[ids_g]``); their gating is the
+experts' own ``_apply_gate`` (GPT-OSS: interleaved halves ``h[..., ::2]``/``h[..., 1::2]``, clamped SwiGLU,
+identified with its alpha/limit by probing, as in ``experts_batched_mm``).
 transformers 5.17 also masks expert-parallel sentinel rows (``ids_g >= E``) with ``masked_fill``: a no-op
 for ids in [0, E), and the op drops ids outside [0, E) the same way, so both forms match.
 Anchor: the first grouped mm (its input is the token gather). The activation is identified by probing
@@ -24,21 +28,12 @@ import torch
 from torch.fx import Graph, Node
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from . import _fx
+from . import _experts, _fx, _router
 from ._fx import aten, fail
 
 NAME = "experts_grouped_mm"
 
 GROUPED_MM_NAMES = ("aten::_grouped_mm", "transformers::grouped_mm_fallback")
-
-# candidate activations act(gate) * up for the chunked layout, checked by probing
-GATED_ACTIVATIONS = {
-    "silu": lambda g, u: torch.nn.functional.silu(g) * u,
-    "gelu": lambda g, u: torch.nn.functional.gelu(g) * u,
-    "gelu_tanh": lambda g, u: torch.nn.functional.gelu(g, approximate="tanh") * u,
-    "relu": lambda g, u: torch.relu(g) * u,
-}
-
 
 def is_grouped_mm(node) -> bool:
     return (
@@ -56,10 +51,18 @@ class ExpertsMatch:
     hidden: Node
     ids: Node
     weights: Node
-    w13_t: Node  # [E, H, 2I] as multiplied; the op takes its transpose
-    w2_t: Node  # [E, I, H]
+    w13_t: Node  # [E, H, 2I] as multiplied (HF's storage transposed, or GPT-OSS's storage); the op takes
+    w2_t: Node  # [E, I, H]                                                               its transpose
     activation: str
+    b13: Node | None = None  # [E, 2I] (GPT-OSS)
+    b2: Node | None = None  # [E, H]
+    interleaved: bool = False
+    alpha: float = 1.702
+    limit: float = 7.0
     nodes: set[Node] = field(default_factory=set)
+
+    def experts_kwargs(self) -> dict:
+        return _experts.experts_kwargs(self.b13, self.b2, self.activation, self.interleaved, self.alpha, self.limit)
 
 
 def anchors(graph: Graph) -> list[Node]:
@@ -189,17 +192,27 @@ def match(mm1: Node) -> ExpertsMatch:
     if w2v.dtype != hv.dtype:
         fail("down-projection weights have another dtype", mm2)
 
-    activation = _match_activation(mm1, mm2, sort_node, num_experts, inter, nodes)
+    h, b13 = _bias(mm1, sort_node, num_experts, w13v.shape[2], "gate_up", nodes)
+    activation, interleaved, alpha, limit = _match_activation(h, mm2, sort_node, num_experts, inter, nodes)
+    y, b2 = _bias(mm2, sort_node, num_experts, hv.shape[1], "down", nodes)
 
-    out, weights = _match_combine(mm2, perm, sort_node, num_experts, top_k, hv, nodes)
+    out, weights = _match_combine(y, perm, sort_node, num_experts, top_k, hv, nodes)
 
-    inputs = {hidden, ids, weights, w13_t, w2_t, offs}
+    inputs = {hidden, ids, weights, w13_t, w2_t, offs, b13, b2}
     for n in nodes - inputs:
         # shape queries (sym_size) keep a view alive but read no data
         outside = [u for u in n.users if u not in nodes and not _fx.is_op(u, aten.sym_size.int)]
         if n is not out and outside:
             fail(f"intermediate {n.name} is also used by {outside[0].name} outside the experts block", n)
-    return ExpertsMatch(mm1, out, hidden, ids, weights, w13_t, w2_t, activation, nodes)
+    m = ExpertsMatch(mm1, out, hidden, ids, weights, w13_t, w2_t, activation, b13, b2, interleaved, alpha, limit,
+                     nodes)
+    _router.dry_run(_experts_call, (hidden, ids, weights, w13_t, w2_t), m.experts_kwargs(), mm1)
+    return m
+
+
+def _experts_call(hidden, ids, weights, w13_t, w2_t, **kwargs):
+    return torch.ops.inductor_moe.experts.default(hidden, ids, weights, w13_t.permute(0, 2, 1),
+                                                  w2_t.permute(0, 2, 1), **kwargs)
 
 
 def _match_offsets(offs: Node, sort_node: Node, num_experts: int, nodes: set):
@@ -213,45 +226,50 @@ def _match_offsets(offs: Node, sort_node: Node, num_experts: int, nodes: set):
     nodes.update({cumsum, histc, histc.args[0], src})
 
 
-def _match_activation(mm1: Node, mm2: Node, sort_node: Node, num_experts: int, inter, nodes: set) -> str:
-    h = mm1
-    masked = [u for u in mm1.users if _masked(u) is not None]
+def _bias(node: Node, sort_node: Node, num_experts: int, width, what: str, nodes: set) -> tuple[Node, Node | None]:
+    """(output, bias) past ``node + B[ids_g]`` (GPT-OSS: ``out.add_(bias)`` of ``_grouped_linear``, the bias
+    gathered with the sorted ids); (node, None) where there is no such add."""
+    users = list(node.users)
+    if len(users) != 1 or not _fx.is_op(users[0], aten.add.Tensor) or users[0].kwargs.get("alpha", 1) != 1:
+        return node, None
+    add = users[0]
+    other = add.args[1] if add.args[0] is node else add.args[0]
+    if not _fx.is_op(other, aten.index.Tensor):
+        return node, None
+    b, indices = other.args
+    if len(indices) != 1 or indices[0] is None:
+        fail(f"{what} bias gather with more than one index", other)
+    _fx.getitem_of(_fx.strip(indices[0], aten.clamp.default), sort_node)
+    bv = _fx.val(b)
+    if bv is None or bv.dim() != 2 or not (_same(bv.shape[0], num_experts) and _same(bv.shape[1], width)):
+        fail(f"{what} bias is not [E, {width}]", other)
+    if _fx.val(add).dtype != _fx.val(node).dtype:
+        fail(f"{what} bias add changes the dtype", add)
+    nodes.update({add, other})
+    if indices[0] is not _fx.strip(indices[0], aten.clamp.default):
+        nodes.add(indices[0])
+    return add, b
+
+
+def _match_activation(h: Node, mm2: Node, sort_node: Node, num_experts: int, inter, nodes: set):
+    """(activation, interleaved, alpha, limit) of the elementwise gating between ``h`` (the first
+    projection, bias added) and the second grouped mm."""
+    masked = [u for u in h.users if _masked(u) is not None]
     if masked:
         h = masked[0]
         _sentinel_mask(h, sort_node, num_experts, nodes)
-    split = [u for u in h.users if _fx.is_op(u, aten.split.Tensor, aten.split_with_sizes.default)]
-    if len(split) != 1 or len(h.users) != 1:
-        fail("gate_up output is not split into gate and up halves", h)
-    split = split[0]
-    sizes = split.args[1]
-    sizes = [sizes, sizes] if isinstance(sizes, int) else list(sizes)
-    if not _fx.is_last_dim(_fx.arg(split, 2, "dim", 0), 2) or not all(_same(s, inter) for s in sizes[:2]):
-        fail("gate_up is not chunked in two halves on the last dim", split)
-    halves = {}
-    for u in split.users:
-        halves[_fx.getitem_of(u, split)[1]] = u
-    if set(halves) != {0, 1}:
-        fail("gate_up split is not used as (gate, up)", split)
-    gate, up = halves[0], halves[1]
-
+    gate, up, interleaved = _experts.gate_up_halves(h, inter, nodes)
     act_out = mm2.args[0]
     if _fx.is_op(act_out, _fx.CONVERT):
         nodes.add(act_out)
         act_out = act_out.args[0]
-    region = _fx.backward_region(act_out, [gate, up])
-    nodes.update({split, gate, up}, region.nodes)
-    dtype = _fx.val(gate).dtype
-    gen = torch.Generator().manual_seed(2)
-    probes = [tuple((torch.randn(4, 16, generator=gen) * s).to(dtype) for _ in range(2)) for s in (0.5, 3.0, 8.0)]
-    tol = _fx.tolerance(dtype)
-    for name, fn in GATED_ACTIVATIONS.items():
-        if _fx.matches(region, probes, fn, tol):
-            return name
-    fail("the gate/up activation is not one of " + ", ".join(GATED_ACTIVATIONS), act_out)
+    region = _experts.activation_region(act_out, gate, up)
+    nodes.update({gate, up}, region.nodes)
+    activation, alpha, limit = _experts.identify_activation(region, gate)
+    return activation, interleaved, alpha, limit
 
 
-def _match_combine(mm2: Node, perm: Node, sort_node: Node, num_experts: int, top_k: int, hv, nodes: set):
-    y = mm2
+def _match_combine(y: Node, perm: Node, sort_node: Node, num_experts: int, top_k: int, hv, nodes: set):
     users = list(y.users)
     if len(users) == 1 and _masked(users[0]) is not None:
         y = users[0]
@@ -302,7 +320,7 @@ def replace(graph: Graph, m: ExpertsMatch) -> Node:
         w2 = _fx.call(graph, aten.permute.default, (m.w2_t, [0, 2, 1]))
         out = _fx.call(
             graph, torch.ops.inductor_moe.experts.default, (m.hidden, m.ids, m.weights, w13, w2),
-            {"activation": m.activation}, meta_from=m.anchor,
+            m.experts_kwargs(), meta_from=m.anchor,
         )
         result = _fx.convert(graph, out, _fx.val(m.output).dtype)
     m.output.replace_all_uses_with(result)

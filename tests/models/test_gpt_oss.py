@@ -1,18 +1,18 @@
 """GPT-OSS: top-k of the biased router logits, softmax over the k values (``router_topk_softmax``).
-Its experts (transposed weights with biases, interleaved gate/up, clamped swiglu) are matched in the
-``batched_mm`` form; the ``grouped_mm`` form is left to Inductor with the reason recorded."""
+Its experts (transposed weights with biases, interleaved gate/up, clamped swiglu) are matched in both
+the ``grouped_mm`` form (the default, prefill) and the ``batched_mm`` form (generate()'s decode pick)."""
 import expecttest
 import pytest
 import torch
 
-from tests.models.tiny_moe import block_ops, check_logits, rejections, tiny_model
+from tests.models.tiny_moe import block_ops, check_logits, tiny_model
 
 
-def test_grouped_mm_router_only_experts_left_with_reason():
-    s = check_logits(tiny_model("gpt_oss", torch.float32))
-    assert s["matches"] == {"router_topk_softmax": 1}
-    (reason,) = rejections(s)
-    assert rejections(s, "experts_grouped_mm") == [reason] and "not split into gate and up halves" in reason
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_grouped_mm_logits(dtype):
+    s = check_logits(tiny_model("gpt_oss", dtype))
+    assert s["matches"] == {"experts_grouped_mm": 1, "router_topk_softmax": 1, "moe_fused": 1}
+    assert s["rejected"] == []
 
 
 def test_batched_mm_logits_fp32():
@@ -38,13 +38,7 @@ class TestSnapshot(expecttest.TestCase):
     def test_block_ops_grouped_mm(self):
         ops, err = block_ops(tiny_model("gpt_oss"))
         self.assertLess(err, 1e-5)
-        self.assertExpectedInline("\n".join(ops), """\
-inductor_moe.route(2, scoring='softmax', renormalize=False, order='topk_then_softmax')
-aten.sort
-aten.histc
-aten.cumsum
-transformers.grouped_mm_fallback
-transformers.grouped_mm_fallback""")
+        self.assertExpectedInline("\n".join(ops), """inductor_moe.moe(2, scoring='softmax', renormalize=False, order='topk_then_softmax', activation='swiglu_oai', gate_up_interleaved=True, alpha=1.702, limit=7.0)""")
 
     def test_block_ops_batched_mm(self):
         ops, err = block_ops(tiny_model("gpt_oss", experts_impl="batched_mm"))

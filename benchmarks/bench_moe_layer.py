@@ -6,8 +6,12 @@ inputs ~ N(0, 1); routing by the layer's own router. Each timing is one CUDA gra
 R rotating input sets (R=8 for T<=64, else 2), replayed; time per call = replay time / R (median of
 replays). Floor per input set = max(distinct experts hit * 3*H*I*2 B + 2*T*H*2 B over 3.0 TB/s,
 2*T*k*3*H*I flop over 790 TFLOP/s), averaged over the sets.
-Peers: HF's block with experts implementation grouped_mm and batched_mm (same weights, CUDA graph;
-batched_mm skipped where its weight gather exceeds 16 GB), and the inductor_moe op called eagerly.
+Peers (same weights, same run): HF's block with experts implementation grouped_mm (which calls
+torch._grouped_mm in bf16) and batched_mm (CUDA graph; batched_mm skipped where its weight gather exceeds
+16 GB); that grouped_mm block under torch.compile default (inside the CUDA graph) and reduce-overhead (its
+own graphs, timed as called); a hand-written gather+einsum MoE under max-autotune-no-cudagraphs at
+T <= 8 (plain SwiGLU); and the inductor_moe op called eagerly. --peers picks (hf, compile, einsum).
+Plots: benchmarks/plot.py turns the JSON into PNGs.
 Usage: python3 benchmarks/bench_moe_layer.py [--layers qwen3,gpt_oss,mixtral] [--tokens 1,8,64,...]
        [--out results.json] [--budget-s 480] [--profile qwen3:1,qwen3:4096]   (resumable: rows already in --out are skipped)
 """
@@ -117,7 +121,33 @@ def hf_block(name, router, w13, w2, impl):
     return block.eval()
 
 
-def run_row(name, T, gen):
+def einsum_moe(router, w13, w2, top_k):
+    """The hand-written gather + einsum MoE (gpt-fast style: gather each token's expert weights, einsum),
+    softmax-top-k-renormalize routing, plain SwiGLU (also for GPT-OSS, as in design.md's reference row)."""
+    inter = w2.shape[2]
+    w1, w3 = w13[:, :inter], w13[:, inter:]
+
+    def fn(x):
+        scores = (x @ router.t()).float().softmax(-1)
+        weights, ids = scores.topk(top_k, dim=-1)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        gate = torch.einsum("th,tkih->tki", x, w1[ids])
+        up = torch.einsum("th,tkih->tki", x, w3[ids])
+        y = torch.einsum("tki,tkhi->tkh", torch.nn.functional.silu(gate) * up, w2[ids])
+        return torch.einsum("tkh,tk->th", y, weights)
+    return fn
+
+
+def _peer(row, key, fn):
+    """row[key] = fn(), or the error's type and message (a peer that fails does not stop the row)."""
+    try:
+        row[key] = fn()
+    except Exception as e:  # noqa: BLE001
+        torch.cuda.synchronize()
+        row[key] = f"failed: {type(e).__name__}: {str(e)[:120]}"
+
+
+def run_row(name, T, gen, peers=("hf", "compile", "einsum")):
     c = LAYERS[name]
     H, I, E, k, act = c["H"], c["I"], c["E"], c["k"], c["act"]
     router, w13, w2 = make_layer(name, gen)
@@ -150,7 +180,20 @@ def run_row(name, T, gen):
                 torch.cuda.synchronize()
                 row[f"hf_{impl}_eager_us"] = eager_time_us(lambda x: block(x[None]), xs)
                 row[f"hf_{impl}_note"] = f"not capturable: {type(e).__name__}"
+        if "compile" in peers and impl == "grouped_mm":
+            torch._dynamo.reset()
+            default = torch.compile(block)  # Inductor code inside this benchmark's CUDA graph
+            _peer(row, "compile_default_graph_us", lambda: graph_time_us(lambda x: default(x[None]), xs))
+            torch._dynamo.reset()
+            ro = torch.compile(block, mode="reduce-overhead")  # its own CUDA graphs: timed as called
+            _peer(row, "compile_reduce_overhead_us", lambda: eager_time_us(lambda x: ro(x[None]), xs))
+            torch._dynamo.reset()
         del block
+    if "einsum" in peers and T <= 8:
+        torch._dynamo.reset()
+        fn = torch.compile(einsum_moe(router, w13, w2, k), mode="max-autotune-no-cudagraphs", dynamic=False)
+        _peer(row, "einsum_max_autotune_graph_us", lambda: graph_time_us(fn, xs))
+        torch._dynamo.reset()
     torch.cuda.empty_cache()
     return row
 
@@ -185,6 +228,7 @@ def main():
     p.add_argument("--tokens", default="1,8,64,512,4096,16384")
     p.add_argument("--out", default="bench_moe_layer.json")
     p.add_argument("--budget-s", type=float, default=480)
+    p.add_argument("--peers", default="hf,compile,einsum", help="peers besides the HF blocks' graphs: compile, einsum")
     p.add_argument("--profile", default="", help="layer:T,... to profile per kernel, e.g. qwen3:1,qwen3:4096")
     args = p.parse_args()
     if args.profile:
@@ -203,7 +247,7 @@ def main():
             for T in map(int, args.tokens.split(",")):
                 if (name, T) in done or time.time() - start > args.budget_s:
                     continue
-                row = run_row(name, T, gen)
+                row = run_row(name, T, gen, tuple(args.peers.split(",")))
                 rows.append(row)
                 json.dump(rows, open(args.out, "w"), indent=1)
                 peers = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()

@@ -3,6 +3,9 @@
 - ``layout``: the router kernel's index arithmetic in plain Python (shared with the tests' emulation).
 - ``route``: top-k gating kernel for ``inductor_moe::route`` (``route_flydsl``, ``supports_route``,
   ``build_route_kernel``, ``compile_route_kernel`` for the ISA without a GPU).
+- ``sort``, ``sort_layout``: moe_sorting for ``inductor_moe::sort`` (one-workgroup LDS path for small T,
+  count + scan + scatter launches beyond), its index arithmetic in plain Python (shared with the tests'
+  emulation).
 - ``toolchain``: finds the compile-only tools that ``.ci/setup_flydsl.sh`` installs.
 
 Importing this package imports neither FlyDSL nor the kernels. The kernels have been compiled and their
@@ -17,3 +20,5 @@ def register() -> None:
 
     dispatch.register_kernel("route", "flydsl", "inductor_moe.kernels.flydsl.route:route_flydsl",
                              "inductor_moe.kernels.flydsl.route:supports_route", verified=False)
+    dispatch.register_kernel("sort", "flydsl", "inductor_moe.kernels.flydsl.sort:sort_flydsl",
+                             "inductor_moe.kernels.flydsl.sort:supports_sort", verified=False)

@@ -58,6 +58,22 @@ def stats() -> dict:
         }
 
 
+def save_state() -> dict:
+    """A copy of every counter and event, for ``restore_state`` (explain() leaves the caller's stats as they were)."""
+    with _lock:
+        return {"matches": Counter(_matches), "rejected": Counter(_rejected), "fallbacks": Counter(_fallbacks),
+                "graphs": dict(_graphs), "events": [dict(e) for e in _events]}
+
+
+def restore_state(state: dict) -> None:
+    with _lock:
+        for counter, key in ((_matches, "matches"), (_rejected, "rejected"), (_fallbacks, "fallbacks")):
+            counter.clear()
+            counter.update(state[key])
+        _graphs.update(state["graphs"])
+        _events[:] = [dict(e) for e in state["events"]]
+
+
 def reset_stats() -> None:
     with _lock:
         _matches.clear()

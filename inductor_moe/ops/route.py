@@ -38,7 +38,8 @@ def route(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     args = (logits, top_k, scoring, renormalize, order, correction_bias, n_group, topk_group, scaling)
     _checks.route_args(*args)
-    _, kernel = dispatch.select("route", logits.device, logits=logits, top_k=top_k, scoring=scoring, order=order)
+    _, kernel = dispatch.select("route", logits.device, logits=logits, top_k=top_k, scoring=scoring, order=order,
+                                correction_bias=correction_bias, n_group=n_group)
     return kernel(*args)
 
 

@@ -179,3 +179,101 @@ def test_training_graph_recognised_without_is_inference():
     torch.testing.assert_close(out, block(x))
     s = inductor_moe.stats()
     assert s["matches"] == {} and any("training" in r["reason"] for r in s["rejected"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# no state left behind: Inductor's config, the pass's uuid, and FX-graph-cache keys of unrelated compiles
+
+
+def _plain(x):
+    return torch.sin(x) * 2 + 1
+
+
+def test_enable_disable_and_backend_leave_inductor_config_as_found():
+    from torch._inductor import config as ic
+
+    before = ic.get_config_copy()
+    assert before["post_grad_custom_pre_pass"] is None
+    inductor_moe.enable()
+    inductor_moe.enable()
+    inductor_moe.disable()
+    assert ic.get_config_copy() == before and not inductor_moe.is_enabled()
+    inductor_moe.disable()  # a second disable() changes nothing
+    x = torch.randn(8)
+    torch.testing.assert_close(torch.compile(_plain, backend="inductor_moe")(x), _plain(x))
+    assert ic.get_config_copy() == before and not inductor_moe.is_enabled()
+
+
+def test_uuid_is_stable_and_changes_with_disabled_patterns_only():
+    import subprocess
+    import sys
+
+    from torch._inductor import config as ic
+
+    from inductor_moe.patterns import PATTERNS
+
+    base = MoEGraphPass().uuid()
+    assert MoEGraphPass().uuid() == base
+    inductor_moe.enable()
+    try:
+        assert ic.post_grad_custom_pre_pass.uuid() == base  # installed with nothing to chain
+    finally:
+        inductor_moe.disable()
+    seen = {repr(base)}
+    for name in [p.NAME for p in PATTERNS]:
+        config.disabled_patterns.add(name)
+        try:
+            seen.add(repr(MoEGraphPass().uuid()))
+        finally:
+            config.disabled_patterns.discard(name)
+    assert len(seen) == len(PATTERNS) + 1, "each disabled pattern gives its own uuid"
+    try:  # a set: the order patterns were disabled in does not matter
+        config.disabled_patterns.update(["moe_fused", "router_softmax_topk"])
+        both = MoEGraphPass().uuid()
+        config.disabled_patterns.clear()
+        config.disabled_patterns.update(["router_softmax_topk", "moe_fused"])
+        assert MoEGraphPass().uuid() == both != base
+    finally:
+        config.disabled_patterns.clear()
+    assert MoEGraphPass().uuid() == base
+    # the FX-graph cache is on disk, shared between processes: another process computes the same uuid
+    code = "from inductor_moe.pass_manager import MoEGraphPass; print(repr(MoEGraphPass().uuid()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == repr(base)
+
+
+def test_fx_graph_cache_key_of_a_plain_function_survives_enable_disable(monkeypatch, tmp_path):
+    """A cache-enabled compile of a non-MoE function: same key, and a cache hit, after an enable()/disable()
+    cycle and a use of the backend; while the pass is installed the key differs (no cross-serving)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor.codecache import FxGraphCache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", True)
+    keys = []
+    original = FxGraphCache.prepare_key
+
+    def prepare_key(*args, **kwargs):
+        key_info, cache_info = original(*args, **kwargs)
+        keys.append(None if key_info is None else key_info[0])
+        return key_info, cache_info
+
+    monkeypatch.setattr(FxGraphCache, "prepare_key", staticmethod(prepare_key))
+    x = torch.randn(8)
+
+    def compile_plain(**kw):
+        torch._dynamo.reset()
+        counters["inductor"].clear()
+        torch.testing.assert_close(torch.compile(_plain, **kw)(x), _plain(x))
+        return keys[-1], {k: v for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+
+    key, first = compile_plain()
+    assert key is not None and first == {"fxgraph_cache_miss": 1}
+    inductor_moe.enable()
+    enabled_key, enabled = compile_plain()
+    inductor_moe.disable()
+    backend_key, _ = compile_plain(backend="inductor_moe")
+    assert enabled_key != key and backend_key != key and enabled == {"fxgraph_cache_miss": 1}
+    again, second = compile_plain()
+    assert again == key and second == {"fxgraph_cache_hit": 1}

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .configs import decode_key, pick_decode_tiles
-from .experts import ACT_CODES, _activation
+from .experts import ACT_CODES, _activation, _gate_up_rows
 from .route import _route_tile, route_meta
 
 
@@ -58,12 +58,7 @@ def _decode_up_kernel(
 
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    if INTERLEAVED:
-        gate_rows = 2 * offs_n
-        up_rows = 2 * offs_n + 1
-    else:
-        gate_rows = offs_n
-        up_rows = offs_n + I
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
     w_base = w_ptr + expert.to(tl.int64) * stride_we
     x_row = x_ptr + token.to(tl.int64) * stride_xt
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)

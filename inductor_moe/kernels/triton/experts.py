@@ -46,6 +46,19 @@ def _activation(g, u, ACT: tl.constexpr, alpha, limit):
 
 
 @triton.jit
+def _gate_up_rows(offs_n, I, INTERLEAVED: tl.constexpr):
+    """Rows of w13 holding the gate and the up projection of intermediate columns ``offs_n``: [gate | up]
+    halves, or GPT-OSS's interleaved gate/up pairs."""
+    if INTERLEAVED:
+        gate = 2 * offs_n
+        up = gate + 1
+    else:
+        gate = offs_n
+        up = offs_n + I
+    return gate, up
+
+
+@triton.jit
 def _tile(num_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row block, column tile) of this program in the grouped order."""
     pid = tl.program_id(0)
@@ -76,12 +89,7 @@ def _stage1_kernel(
     row_ok = token < T
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    if INTERLEAVED:
-        gate_rows = 2 * offs_n
-        up_rows = 2 * offs_n + 1
-    else:
-        gate_rows = offs_n
-        up_rows = offs_n + I
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
     w_base = w_ptr + expert * stride_we
     x_rows = x_ptr + token.to(tl.int64)[:, None] * stride_xt
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)

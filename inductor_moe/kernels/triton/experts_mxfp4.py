@@ -33,7 +33,7 @@ import triton.language as tl
 from . import _device_reason
 from .configs import ExpertsConfig, default_config
 from .decode import use_decode
-from .experts import ACT_CODES, _activation, _kernel_flags, _tile
+from .experts import ACT_CODES, _activation, _gate_up_rows, _kernel_flags, _tile
 
 SCALE_BLOCK = 32  # elements per E8M0 scale
 
@@ -96,12 +96,7 @@ def _stage1_kernel(
     row_ok = token < T
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    if INTERLEAVED:
-        gate_rows = 2 * offs_n
-        up_rows = 2 * offs_n + 1
-    else:
-        gate_rows = offs_n
-        up_rows = offs_n + I
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
     q_base = q_ptr + expert * stride_qe
     s_base = s_ptr + expert * stride_se
     x_rows = x_ptr + token.to(tl.int64)[:, None] * stride_xt
@@ -205,12 +200,7 @@ def _decode_up_kernel(
         return
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    if INTERLEAVED:
-        gate_rows = 2 * offs_n
-        up_rows = 2 * offs_n + 1
-    else:
-        gate_rows = offs_n
-        up_rows = offs_n + I
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
     q_base = q_ptr + expert * stride_qe
     s_base = s_ptr + expert * stride_se
     x_row = x_ptr + token.to(tl.int64) * stride_xt

@@ -42,6 +42,22 @@ def _config(family: str, layers: int, **overrides):
     elif family == "granitemoe":
         kw = dict(COMMON, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2)
         cls, model = T.GraniteMoeConfig, T.GraniteMoeForCausalLM
+    elif family == "qwen2_moe":
+        # a gated shared expert beside the routed ones: sigmoid(shared_expert_gate(x)) * shared_expert(x)
+        kw = dict(COMMON, intermediate_size=64, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                  num_experts=8, num_experts_per_tok=2, norm_topk_prob=False)
+        cls, model = T.Qwen2MoeConfig, T.Qwen2MoeForCausalLM
+    elif family == "phimoe":
+        kw = dict(COMMON, intermediate_size=16, num_local_experts=8, num_experts_per_tok=2)
+        cls, model = T.PhimoeConfig, T.PhimoeForCausalLM
+    elif family == "qwen3_next":
+        # one gated-delta-net (linear attention) layer, then one full attention layer
+        kw = dict(COMMON, head_dim=8, intermediate_size=64, moe_intermediate_size=16,
+                  shared_expert_intermediate_size=24, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                  linear_conv_kernel_dim=4, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
+                  linear_num_value_heads=4,
+                  layer_types=[("linear_attention", "full_attention")[i % 2] for i in range(layers)])
+        cls, model = T.Qwen3NextConfig, T.Qwen3NextForCausalLM
     elif family == "qwen3_moe":
         kw = dict(COMMON, head_dim=8, intermediate_size=64, moe_intermediate_size=16, num_experts=8,
                   num_experts_per_tok=2, norm_topk_prob=True)
@@ -113,3 +129,13 @@ def block_ops(model, tokens=(2, 3)) -> tuple[list[str], float]:
 
 def rejections(stats: dict, pattern: str | None = None) -> list[str]:
     return [r["reason"] for r in stats["rejected"] if pattern is None or r["pattern"] == pattern]
+
+
+def event_lines(events: list[dict]) -> str:
+    """One line per candidate for snapshots, ``pattern module: matched`` or ``pattern module: reason``, the
+    reason without the node name it ends with (``[at cat_3]``: names move between torch versions)."""
+    lines = []
+    for e in events:
+        outcome = "matched" if e["matched"] else e["reason"].rsplit(" [at ", 1)[0]
+        lines.append(f"{e['pattern']} {e['module']}: {outcome}")
+    return "\n".join(lines)

@@ -7,7 +7,9 @@ CUDA-graph method of bench_moe_layer.py (rotating inputs, median replay); the be
 stage-2 time wins, then the grouped program order (group_m) is tuned on the whole op. The winner is
 checked against the per-expert f32 loop (rel L2 <= 1e-2; the next best is taken if it fails). Triton
 compiles are done first by worker processes into the shared on-disk cache, so the timing loop mostly loads
-binaries. Resumable: shapes already in the table are skipped unless --redo.
+binaries. Resumable: shapes already in the table are skipped unless --redo. An entry's "us" is the whole
+layer timed with PyTorch-reference routing and sort (to compare tiles; not the product's layer time, which
+bench_moe_layer.py measures).
 Usage (GPU machine):
     python3 benchmarks/tune_experts.py --layers qwen3 --tokens 1,8,64,512,4096,16384 --budget-s 480
 """

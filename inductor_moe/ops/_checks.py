@@ -157,6 +157,19 @@ def routing(hidden, ids, weights, num_experts):
     top_k_arg("ids", ids.shape[1], num_experts)
 
 
+def experts_call(hidden, ids, weights, num_experts, activation, gate_up_interleaved, alpha, limit, expert_mask):
+    """The checks shared by the experts ops once their weights gave ``num_experts``: routing, activation
+    spec, token count and the optional expert mask."""
+    routing(hidden, ids, weights, num_experts)
+    activation_args(activation, gate_up_interleaved, alpha, limit)
+    if too_many_tokens(hidden.shape[0]):
+        _fail("hidden", f"{hidden.shape[0]} tokens; the sorted layout needs T < {MAX_TOKENS}")
+    if expert_mask is not None:
+        tensor("expert_mask", expert_mask, ndim=1, dtypes=(torch.bool,))
+        shape("expert_mask", expert_mask, (num_experts,), "one per expert")
+        same_device("hidden", hidden, expert_mask=expert_mask)
+
+
 def sorted_layout(hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, num_experts, top_k, block_m):
     from ..kernels.reference.sort import sorted_length
 

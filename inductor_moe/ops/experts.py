@@ -70,13 +70,7 @@ def _(hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w1
 
 def _check(hidden, ids, weights, w13, w2, b13, b2, activation, gate_up_interleaved, alpha, limit, expert_mask):
     num_experts = _checks.expert_weights(hidden, w13, w2, b13, b2)
-    _checks.routing(hidden, ids, weights, num_experts)
-    _checks.activation_args(activation, gate_up_interleaved, alpha, limit)
-    if _checks.too_many_tokens(hidden.shape[0]):
-        _checks._fail("hidden", f"{hidden.shape[0]} tokens; the sorted layout needs T < {_checks.MAX_TOKENS}")
-    if expert_mask is not None:
-        _checks.tensor("expert_mask", expert_mask, ndim=1, dtypes=(torch.bool,))
-        _checks.shape("expert_mask", expert_mask, (num_experts,), "one per expert")
+    _checks.experts_call(hidden, ids, weights, num_experts, activation, gate_up_interleaved, alpha, limit, expert_mask)
 
 
 @torch.library.custom_op("inductor_moe::experts", mutates_args=())

@@ -71,14 +71,7 @@ def _mxfp4_weights(hidden, w13_q, w2_q, w13_s, w2_s, b13, b2):
 def _check(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2, activation, gate_up_interleaved, alpha, limit,
            expert_mask):
     num_experts = _mxfp4_weights(hidden, w13_q, w2_q, w13_s, w2_s, b13, b2)
-    _checks.routing(hidden, ids, weights, num_experts)
-    _checks.activation_args(activation, gate_up_interleaved, alpha, limit)
-    if _checks.too_many_tokens(hidden.shape[0]):
-        _checks._fail("hidden", f"{hidden.shape[0]} tokens; the sorted layout needs T < {_checks.MAX_TOKENS}")
-    if expert_mask is not None:
-        _checks.tensor("expert_mask", expert_mask, ndim=1, dtypes=(torch.bool,))
-        _checks.shape("expert_mask", expert_mask, (num_experts,), "one per expert")
-        _checks.same_device("hidden", hidden, expert_mask=expert_mask)
+    _checks.experts_call(hidden, ids, weights, num_experts, activation, gate_up_interleaved, alpha, limit, expert_mask)
 
 
 @torch.library.custom_op("inductor_moe::experts_mxfp4", mutates_args=())

@@ -108,6 +108,21 @@ def _check_grouped_mm(mm: Node):
         fail("activations are cast to another dtype before the grouped mm", mm)
 
 
+def _unclamped(node: Node, num_experts: int) -> Node:
+    """Skip the sentinel clamp of the sorted ids, ``ids_g.clamp_(max=E - 1)`` (transformers 5.17: post-grad
+    ``clamp_max``, or ``clamp`` with no lower bound). It only moves ids >= E (expert-parallel sentinels,
+    whose rows the sentinel mask zeroes and the op drops) and leaves every id in [0, E) alone."""
+    while _fx.is_op(node, aten.clamp.default, aten.clamp_max.default):
+        if node.target is aten.clamp_max.default:
+            lo, hi = None, node.args[1]
+        else:
+            lo, hi = _fx.arg(node, 1, "min"), _fx.arg(node, 2, "max")
+        if lo not in (None, 0) or hi != num_experts - 1:
+            fail(f"sorted expert ids clamped to [{lo}, {hi}], not to max {num_experts - 1}", node)
+        node = node.args[0]
+    return node
+
+
 def _sentinel_mask(node: Node, sort_node: Node, num_experts: int, nodes: set) -> Node:
     """Skip ``masked_fill(x, (ids_g >= E).unsqueeze(-1), 0)`` (transformers 5.17), checking the mask."""
     masked = _masked(node)
@@ -116,7 +131,7 @@ def _sentinel_mask(node: Node, sort_node: Node, num_experts: int, nodes: set) ->
     x, mask, value = masked
     unsq = _fx.expect(mask, aten.unsqueeze.default, "unsqueeze of the sentinel mask")
     ge = _fx.expect(unsq.args[0], (aten.ge.Scalar,), "ids_g >= num_experts")
-    src = _fx.strip(ge.args[0], aten.clamp.default)
+    src = _unclamped(ge.args[0], num_experts)
     _fx.getitem_of(src, sort_node)
     if ge.args[1] != num_experts or value != 0:
         fail("masked_fill that is not the expert-parallel sentinel mask", node)
@@ -218,7 +233,7 @@ def _experts_call(hidden, ids, weights, w13_t, w2_t, **kwargs):
 def _match_offsets(offs: Node, sort_node: Node, num_experts: int, nodes: set):
     cumsum = _fx.expect(offs, aten.cumsum.default, "cumsum of per-expert counts")
     histc = _fx.expect(cumsum.args[0], aten.histc.default, "histc of the sorted ids")
-    src = _fx.strip(_fx.strip_convert(histc.args[0]), aten.clamp.default)
+    src = _unclamped(_fx.strip_convert(histc.args[0]), num_experts)
     _fx.getitem_of(src, sort_node)
     bins, lo, hi = (_fx.arg(histc, i, n, d) for i, n, d in ((1, "bins", 100), (2, "min", 0), (3, "max", 0)))
     if bins != num_experts or lo != 0 or hi != num_experts - 1:
@@ -239,14 +254,14 @@ def _bias(node: Node, sort_node: Node, num_experts: int, width, what: str, nodes
     b, indices = other.args
     if len(indices) != 1 or indices[0] is None:
         fail(f"{what} bias gather with more than one index", other)
-    _fx.getitem_of(_fx.strip(indices[0], aten.clamp.default), sort_node)
+    _fx.getitem_of(_unclamped(indices[0], num_experts), sort_node)
     bv = _fx.val(b)
     if bv is None or bv.dim() != 2 or not (_same(bv.shape[0], num_experts) and _same(bv.shape[1], width)):
         fail(f"{what} bias is not [E, {width}]", other)
     if _fx.val(add).dtype != _fx.val(node).dtype:
         fail(f"{what} bias add changes the dtype", add)
     nodes.update({add, other})
-    if indices[0] is not _fx.strip(indices[0], aten.clamp.default):
+    if indices[0] is not _unclamped(indices[0], num_experts):
         nodes.add(indices[0])
     return add, b
 

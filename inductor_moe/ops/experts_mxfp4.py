@@ -95,7 +95,8 @@ def experts_mxfp4(
             expert_mask)
     _check(*args)
     _, kernel = dispatch.select("experts_mxfp4", hidden.device, hidden=hidden, w13_q=w13_q, w2_q=w2_q,
-                                activation=activation, top_k=ids.shape[1])
+                                activation=activation, top_k=ids.shape[1], b13=b13, b2=b2,
+                                gate_up_interleaved=gate_up_interleaved)
     return kernel(*args)
 
 

@@ -56,7 +56,8 @@ def route_sort(
             expert_mask)
     _check(*args)
     _, kernel = dispatch.select("route_sort", logits.device, logits=logits, top_k=top_k, block_m=block_m,
-                                scoring=scoring, order=order)
+                                scoring=scoring, order=order, renormalize=renormalize,
+                                correction_bias=correction_bias, n_group=n_group)
     return kernel(*args)
 
 

@@ -353,6 +353,11 @@ def run_variant(model, name, args, device, prompt, say, show):
     elif name == "inductor_moe":
         backend = "inductor_moe" if args.entry == "backend" else "inductor"
         inductor_moe.reset_stats()
+        # GPT-OSS's transposed expert weights: same values, reduction axis contiguous (faster decode GEMVs).
+        # In place; inductor_moe runs last, so the other variants see the model as loaded.
+        restrided = imhf.use_kernel_layout(model)
+        if restrided:
+            say(f"[{name}] use_kernel_layout: {len(restrided)} expert weights re-stored K-contiguous")
         if args.entry == "enable":
             inductor_moe.enable()
         elif args.entry == "experts":

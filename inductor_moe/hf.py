@@ -39,7 +39,7 @@ from . import ops  # noqa: F401  registers torch.ops.inductor_moe.*
 
 __all__ = [
     "IMPLEMENTATION", "experts_plan", "inductor_moe_experts_forward", "is_registered",
-    "register_experts_implementation", "use_traceable_experts",
+    "register_experts_implementation", "use_kernel_layout", "use_traceable_experts",
 ]
 
 IMPLEMENTATION = "inductor_moe"
@@ -369,6 +369,35 @@ def use_traceable_experts(model: torch.nn.Module, implementation: str = FALLBACK
     if changed:
         log.info("inductor_moe: experts implementation switched to %r for %s", implementation,
                  ", ".join(p or "<config>" for p in changed))
+    return changed
+
+
+@torch.no_grad()
+def use_kernel_layout(model: torch.nn.Module) -> list[str]:
+    """Re-store transposed expert weights so that each expert's reduction axis is contiguous in memory.
+
+    GPT-OSS (``is_transposed`` experts) keeps ``gate_up_proj`` as [E, H, 2I] and ``down_proj`` as [E, I, H]
+    (read as ``x @ W``), row-major, so the expert kernels, which reduce over H (then I), read them along the
+    strided axis: at decode that costs ~1.7x the K-contiguous time on an H100 (benchmarks/README.md). This
+    helper gives each such parameter the same shape and values with the other strides
+    (``w.transpose(1, 2).contiguous().transpose(1, 2)``), in place, one parameter at a time (peak memory: one
+    extra copy of one parameter). Nothing else changes: transformers' own experts code computes the same
+    results (``_grouped_mm``, ``bmm`` and matmul take either layout), state_dict values are the same, and
+    later in-place updates (``load_state_dict``, ``copy_``) keep the new strides. Call it before
+    ``torch.compile`` (strides are part of the compiled graph's guards). Returns the parameter names changed.
+    """
+    changed = []
+    for path, module in model.named_modules():
+        if not getattr(module, "is_transposed", False):
+            continue
+        for name in ("gate_up_proj", "down_proj"):
+            w = getattr(module, name, None)
+            if not isinstance(w, torch.nn.Parameter) or w.dim() != 3 or w.stride(1) == 1:
+                continue
+            w.data = w.data.transpose(1, 2).contiguous().transpose(1, 2)
+            changed.append(f"{path}.{name}" if path else name)
+    if changed:
+        log.info("inductor_moe: %d expert weights re-stored with the reduction axis contiguous", len(changed))
     return changed
 
 

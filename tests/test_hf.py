@@ -337,3 +337,26 @@ def test_use_traceable_experts_to_inductor_moe_and_errors():
         imhf.use_traceable_experts(model, "eager")
     with pytest.raises(ValueError, match="not a registered experts implementation"):
         imhf.use_traceable_experts(model, "no_such_impl")
+
+
+def test_use_kernel_layout_restrides_transposed_experts_only():
+    from tests.models.tiny_moe import logits, tiny_model
+
+    model = tiny_model("gpt_oss", torch.float32, layers=2)
+    values = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(0, 96, (2, 5), generator=torch.Generator().manual_seed(0))
+    want = logits(model, ids)
+    changed = inductor_moe.hf.use_kernel_layout(model)
+    assert changed == [f"model.layers.{i}.mlp.experts.{n}" for i in range(2) for n in ("gate_up_proj", "down_proj")]
+    for n, p in model.named_parameters():
+        assert torch.equal(p, values[n]), n
+        if n.endswith(("gate_up_proj", "down_proj")):
+            assert p.stride(1) == 1 and p.transpose(1, 2).is_contiguous(), n
+    torch.testing.assert_close(logits(model, ids), want, rtol=1e-5, atol=1e-5)
+    inductor_moe.reset_stats()
+    torch._dynamo.reset()
+    torch.testing.assert_close(logits(torch.compile(model, backend="inductor_moe"), ids), want, rtol=1e-4, atol=1e-4)
+    assert inductor_moe.stats()["matches"].get("moe_fused") == 2
+    assert inductor_moe.hf.use_kernel_layout(model) == []           # idempotent
+    qwen = tiny_model("qwen3_moe", torch.float32)
+    assert inductor_moe.hf.use_kernel_layout(qwen) == []            # not transposed: untouched

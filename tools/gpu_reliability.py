@@ -42,6 +42,7 @@ def build(family_name, size, device):
     args = SimpleNamespace(checkpoint=None, size=size, layers=2, std=0.02, seed=0)
     model, _ = build_model(family, args, device, torch.bfloat16, lambda *a, **k: None)
     inductor_moe.hf.use_traceable_experts(model)  # as the examples do: the eager experts loop is untraceable
+    inductor_moe.hf.use_kernel_layout(model)  # as the examples' inductor_moe variant does (GPT-OSS)
     return model
 
 

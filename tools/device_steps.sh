@@ -21,10 +21,10 @@ for step in ${STEPS:-tests}; do
   echo "=== $step ($(date +%T))"
   case $step in
     tests)
-      CUDA_LAUNCH_BLOCKING=0 timeout ${TESTS_S:-240} python3 -m pytest -m "not slow" -q -n ${TESTS_N:-12} -p no:cacheprovider \
+      timeout ${TESTS_S:-240} python3 -m pytest -m "not slow" -v -n ${TESTS_N:-12} -p no:cacheprovider \
         -rf ${TESTS_ARGS:-} > "$OUT/pytest_gpu.log" 2>&1
       echo "rc=$?"; grep -E "passed|failed" "$OUT/pytest_gpu.log" | tail -3
-      grep "^FAILED" "$OUT/pytest_gpu.log" | sed 's/ - .*//' | awk -F'::' '{print $1}' | sort | uniq -c | head -20 ;;
+      grep -E "(FAILED|ERROR) tests" "$OUT/pytest_gpu.log" | sed "s/.*\(FAILED\|ERROR\) //; s/::.*//" | sort | uniq -c | head -20 ;;
     rel)
       timeout ${REL_S:-200} python3 tools/gpu_reliability.py ${REL_ARGS:---models gpt_oss} --out "$OUT/reliability.json" 2>&1 | filt 12 ;;
     mxfp4)

@@ -5,7 +5,9 @@ Choice, per call, from the device, the dtype and what each family has registered
 - ROCm gfx942/gfx950: FlyDSL, else Triton, else reference.
 - anything else (CPU, ...): reference.
 A family that declines a call (its ``supports`` predicate returns a reason) is skipped, and the reason is
-recorded in ``inductor_moe.stats()["fallbacks"]``. ``force_backend("reference")`` (a context manager, or
+recorded in ``inductor_moe.stats()["fallbacks"]``. A kernel function without a ``w3`` parameter declines the
+experts ops' calls with separate up weights (reason "separate w3 not supported"); ``call`` passes ``w3``
+by keyword only when it is given. ``force_backend("reference")`` (a context manager, or
 ``INDUCTOR_MOE_BACKEND=reference`` in the environment) overrides the choice, for tests and debugging.
 The choice is plain Python at call time: under CUDA graphs it is made once, at capture.
 """
@@ -98,6 +100,24 @@ def preference(device: torch.device) -> tuple[str, ...]:
     return ("reference",)
 
 
+def takes_w3(fn: Callable) -> bool:
+    """Whether a kernel function takes the experts ops' optional ``w3`` (separate up weights) argument."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "w3" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call(kernel: Callable, args: tuple, w3=None):
+    """Call a kernel with an op's positional arguments; ``w3`` (experts ops) goes by keyword, and only when
+    given, so kernel functions written before it existed keep working (``select`` keeps w3 calls away
+    from them)."""
+    return kernel(*args) if w3 is None else kernel(*args, w3=w3)
+
+
 def select(op: str, device: torch.device, **call_info) -> tuple[str, Callable]:
     """Return (backend name, kernel) for ``op`` on ``device``; ``call_info`` goes to ``supports``."""
     forced = forced_backend()
@@ -112,7 +132,11 @@ def select(op: str, device: torch.device, **call_info) -> tuple[str, Callable]:
             _stats.record_fallback(op, f"{backend}: kernel not yet verified on a GPU (INDUCTOR_MOE_UNVERIFIED=1 to use)")
             continue
         entry.resolve()
-        reason = entry.supports(**call_info) if entry.supports is not None else None
+        reason = None
+        if call_info.get("w3") is not None and not takes_w3(entry.fn):
+            reason = "separate w3 not supported"
+        if reason is None and entry.supports is not None:
+            reason = entry.supports(**call_info)
         if reason is None:
             return backend, entry.fn
         _stats.record_fallback(op, f"{backend}: {reason}")

@@ -216,9 +216,9 @@ def test_triton_route_sort_reasons(registry, case):
 # Triton experts / experts_sorted / moe (kernels/triton/experts.py: supports_experts)
 
 EXPERTS_CASES = {
-    "experts_device": (False, _experts, "experts", "triton: not a CUDA tensor"),
-    "experts_sorted_device": (False, _experts_sorted, "experts_sorted", "triton: not a CUDA tensor"),
-    "moe_device": (False, _moe, "moe", "triton: not a CUDA tensor"),
+    "experts_device": (False, _experts, "experts", CPU_REASON),
+    "experts_sorted_device": (False, _experts_sorted, "experts_sorted", CPU_REASON),
+    "moe_device": (False, _moe, "moe", CPU_REASON),
     "dtype": (True, lambda: _experts(torch.float64), "experts", "triton: dtype torch.float64"),
     "block_m": (True, lambda: _experts_sorted(block_m=8), "experts_sorted",
                 "triton: block_m=8 (tl.dot needs a power of two >= 16)"),
@@ -233,6 +233,42 @@ def test_triton_experts_reasons(registry, case):
     for name in ("experts", "experts_sorted", "moe"):
         _declining(name, "triton", predicate)
     _check(call(), op, reason)
+
+
+def _split_w3(w13):
+    inter = w13.shape[1] // 2
+    return w13[:, :inter].contiguous(), w13[:, inter:].contiguous()
+
+
+@pytest.mark.parametrize("op", ["experts", "experts_sorted", "moe"])
+def test_kernel_without_w3_declines_separate_up_weights(registry, op):
+    """A family whose kernel function has no ``w3`` parameter (written before the argument existed, e.g. the
+    FlyDSL experts kernels) declines calls with separate up weights; calls without ``w3`` still reach it."""
+    _prefer(registry, AMD)
+
+    def old_kernel(*args):  # the positional arguments of the op, no w3
+        return R.experts_ref(*args) if op == "experts" else (
+            R.experts_sorted_ref(*args) if op == "experts_sorted" else moe_ref(*args))
+
+    calls = []
+    dispatch._REGISTRY[(op, "flydsl")] = dispatch.KernelEntry(lambda *a: calls.append(1) or old_kernel(*a))
+    _declining(op, "triton", lambda **_: "not here")
+    x, w13, w2 = _expert_weights()
+    w1, w3 = _split_w3(w13)
+    weights, ids = R.route_ref(_logits(), 2, "softmax", True, "softmax_then_topk", None, 1, 1, 1.0)
+    layout = R.sort_ref(ids, weights, 8, 16, None)
+    call = {
+        "experts": lambda **kw: ops.experts(x, ids, weights, kw.pop("w13", w13), w2, **kw),
+        "experts_sorted": lambda **kw: ops.experts_sorted(x, *layout, kw.pop("w13", w13), w2, 2, 16, **kw),
+        "moe": lambda **kw: ops.moe(x, _logits(), kw.pop("w13", w13), w2, 2, **kw),
+    }[op]
+    fused = call()
+    assert calls == [1]
+    split = call(w13=w1, w3=w3)
+    assert calls == [1], "the kernel without w3 ran a call with w3"
+    torch.testing.assert_close(split, fused, rtol=1e-5, atol=1e-5)
+    assert (op, "flydsl: separate w3 not supported") in _fallbacks()
+    assert dispatch.takes_w3(R.experts_sorted_ref) and dispatch.takes_w3(R.experts_ref) and dispatch.takes_w3(moe_ref)
 
 
 def test_triton_experts_activation_reason(registry):

@@ -124,17 +124,32 @@ def activation_args(activation, gate_up_interleaved, alpha, limit):
         _fail("limit", f"must be > 0 for swiglu_oai, got {limit}")
 
 
-def expert_weights(hidden, w13, w2, b13, b2):
-    """Check hidden [T,H], w13 [E,2I,H], w2 [E,H,I], b13 [E,2I], b2 [E,H]; return E."""
+def expert_weights(hidden, w13, w2, b13, b2, w3=None, gate_up_interleaved=False):
+    """Check hidden [T,H], w13 [E,2I,H], w2 [E,H,I], b13 [E,2I], b2 [E,H]; return E.
+
+    With ``w3`` (separate gate and up weights, gpt-fast's ``w1``/``w3``): w13 is the gate projection
+    [E,I,H] alone and w3 the up projection with the same shape, dtype and device; biases keep their
+    shapes (b13 [E,2I]: gate then up), and the gate/up layout must be the chunked one."""
     tensor("hidden", hidden, ndim=2, floating=True)
     tensor("w13", w13, ndim=3, floating=True)
     tensor("w2", w2, ndim=3, floating=True)
     same_device("hidden", hidden, w13=w13, w2=w2, b13=b13, b2=b2)
-    num_experts, two_i, hidden_dim = w13.shape
+    num_experts, rows, hidden_dim = w13.shape
     if hidden.shape[1] != hidden_dim:
-        _fail("w13", f"expected [E, 2I, H={hidden.shape[1]}], got {tuple(w13.shape)}")
-    if two_i % 2:
-        _fail("w13", f"dim 1 holds gate and up (2I) and must be even, got {two_i}")
+        _fail("w13", f"expected [E, {'I' if w3 is not None else '2I'}, H={hidden.shape[1]}], got {tuple(w13.shape)}")
+    if w3 is not None:
+        tensor("w3", w3, ndim=3, floating=True)
+        shape("w3", w3, tuple(w13.shape), "[E, I, H]: the up projection, same shape as w13 (the gate projection)")
+        if w3.dtype != w13.dtype:
+            _fail("w3", f"dtype {w3.dtype} differs from w13's {w13.dtype}", TypeError)
+        same_device("hidden", hidden, w3=w3)
+        if gate_up_interleaved:
+            _fail("w3", "separate gate (w13) and up (w3) weights take gate_up_interleaved=False")
+        two_i = 2 * rows
+    else:
+        two_i = rows
+        if two_i % 2:
+            _fail("w13", f"dim 1 holds gate and up (2I) and must be even, got {two_i}")
     shape("w2", w2, (num_experts, hidden_dim, two_i // 2), "[E, H, I] matching w13")
     for name, w in (("w13", w13), ("w2", w2)):
         if w.dtype != hidden.dtype:

@@ -2,7 +2,8 @@
 path a backend may use ``route_sort`` + ``experts_sorted`` inside).
 
 Inputs: ``hidden`` [T, H], router ``logits`` [T, E], ``w13``/``w2`` and biases as in ``experts``, the
-``route`` arguments and the activation spec. Output: [T, H] in hidden's dtype. The routing weights stay
+``route`` arguments, the activation spec and, last, the optional separate up weights ``w3`` (see
+``experts``). Output: [T, H] in hidden's dtype. The routing weights stay
 f32 from the router to the combine.
 """
 from typing import Optional
@@ -15,17 +16,18 @@ from . import _checks
 
 
 def moe_ref(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias, n_group,
-            topk_group, scaling, activation, gate_up_interleaved, alpha, limit):
+            topk_group, scaling, activation, gate_up_interleaved, alpha, limit, w3=None):
     weights, ids = route_ref(logits, top_k, scoring, renormalize, order, correction_bias, n_group, topk_group, scaling)
-    return experts_ref(hidden, ids, weights, w13, w2, b13, b2, activation, gate_up_interleaved, alpha, limit)
+    return experts_ref(hidden, ids, weights, w13, w2, b13, b2, activation, gate_up_interleaved, alpha, limit,
+                       w3=w3)
 
 
 dispatch.register_kernel("moe", "reference", moe_ref)
 
 
 def _check(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias, n_group,
-           topk_group, scaling, activation, gate_up_interleaved, alpha, limit):
-    num_experts = _checks.expert_weights(hidden, w13, w2, b13, b2)
+           topk_group, scaling, activation, gate_up_interleaved, alpha, limit, w3=None):
+    num_experts = _checks.expert_weights(hidden, w13, w2, b13, b2, w3, gate_up_interleaved)
     _checks.route_args(logits, top_k, scoring, renormalize, order, correction_bias, n_group, topk_group, scaling)
     _checks.shape("logits", logits, (hidden.shape[0], num_experts), "[T, E] with T from hidden, E from w13")
     _checks.same_device("hidden", hidden, logits=logits)
@@ -54,19 +56,20 @@ def moe(
     gate_up_interleaved: bool = False,
     alpha: float = 1.702,
     limit: float = 7.0,
+    w3: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     args = (hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias, n_group,
             topk_group, scaling, activation, gate_up_interleaved, alpha, limit)
-    _check(*args)
+    _check(*args, w3)
     _, kernel = dispatch.select("moe", hidden.device, hidden=hidden, w13=w13, w2=w2, activation=activation,
-                                top_k=top_k, scoring=scoring, order=order)
-    return kernel(*args)
+                                top_k=top_k, scoring=scoring, order=order, w3=w3)
+    return dispatch.call(kernel, args, w3)
 
 
 @moe.register_fake
 def _(hidden, logits, w13, w2, top_k, b13=None, b2=None, scoring="softmax", renormalize=True,
       order="softmax_then_topk", correction_bias=None, n_group=1, topk_group=1, scaling=1.0, activation="silu",
-      gate_up_interleaved=False, alpha=1.702, limit=7.0):
+      gate_up_interleaved=False, alpha=1.702, limit=7.0, w3=None):
     _check(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias, n_group,
-           topk_group, scaling, activation, gate_up_interleaved, alpha, limit)
+           topk_group, scaling, activation, gate_up_interleaved, alpha, limit, w3)
     return torch.empty_like(hidden, memory_format=torch.contiguous_format)

@@ -6,6 +6,7 @@ op directly is fused with it into ``moe``.
 """
 from . import (
     experts_batched_mm,
+    experts_gather_einsum,
     experts_grouped_mm,
     fuse_moe,
     router_sigmoid_group,
@@ -16,7 +17,7 @@ from ._fx import MatchFail
 
 # the specific routers run before router_softmax_topk, which looks at every remaining top-k: the group
 # router's inner top-ks are gone by then, and a top-k-then-softmax never reaches it to be turned down
-PATTERNS = (experts_grouped_mm, experts_batched_mm, router_sigmoid_group, router_topk_softmax, router_softmax_topk,
-            fuse_moe)
+PATTERNS = (experts_grouped_mm, experts_batched_mm, experts_gather_einsum, router_sigmoid_group, router_topk_softmax,
+            router_softmax_topk, fuse_moe)
 
 __all__ = ["PATTERNS", "MatchFail"]

@@ -4,6 +4,8 @@ Runs after the router and experts patterns. When an ``experts`` op's ids and wei
 one ``route`` op (through dtype casts only), the pair becomes one ``moe`` op, so a backend can pick the
 fused route+sort decode path at small T. The routing weights then stay f32 from router to combine
 instead of passing through the model's dtype (a rounding difference within bf16 tolerance).
+The experts op's keyword arguments (biases, activation spec, separate up weights ``w3`` of the gpt-fast
+form) carry over to ``moe`` unchanged.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def match(experts: Node) -> FuseMatch:
 def replace(graph: Graph, m: FuseMatch) -> Node:
     hidden, _, _, w13, w2 = m.anchor.args
     logits, top_k = m.route.args[:2]
+    # biases, activation spec and w3 (separate up weights) go through as they are
     kwargs = {**m.route.kwargs, **{k: v for k, v in m.anchor.kwargs.items() if k != "expert_mask"}}
     with graph.inserting_before(m.anchor):
         out = _fx.call(graph, torch.ops.inductor_moe.moe.default, (hidden, logits, w13, w2, top_k), kwargs,

@@ -620,6 +620,49 @@ def test_route_sort_is_route_then_sort(tokens, block_m, config):
         assert got.dtype == exp.dtype and torch.equal(got, exp)
 
 
+# ------------------------------------------------------------------------ separate gate / up weights (w3)
+def split_w3(w13: torch.Tensor, layout: str = "contig"):
+    """gpt-fast's w1 (gate rows) and w3 (up rows) of a fused [E, 2I, H] w13, each [E, I, H]."""
+    inter = w13.shape[1] // 2
+    return with_layout(w13[:, :inter].contiguous(), layout), with_layout(w13[:, inter:].contiguous(), layout)
+
+
+@pytest.mark.parametrize("layout", ["contig", "transposed"])
+@pytest.mark.parametrize("biases", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("activation", ["silu", "gelu"])
+def test_w3_is_cat_of_gate_and_up(activation, dtype, biases, layout):
+    """experts / experts_sorted / moe with w13 = gate [E, I, H] and w3 = up [E, I, H] give what they give with
+    the fused w13 = cat([gate, up], 1)."""
+    g = gen("w3", activation, str(dtype), biases, layout)
+    tokens, num_experts, top_k = 7, 8, 2
+    hidden = randn(g, tokens, H, dtype=dtype)
+    ids = distinct_ids(g, tokens, top_k, num_experts)
+    weights = torch.rand(tokens, top_k, generator=g)
+    logits = randn(g, tokens, num_experts)
+    w13, w2, b13, b2 = expert_weights(g, num_experts, dtype, biases=biases)
+    w1, w3 = split_w3(w13, layout)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-2)
+    torch.testing.assert_close(OPS.experts(hidden, ids, weights, w1, w2, b13, b2, activation=activation, w3=w3),
+                               OPS.experts(hidden, ids, weights, w13, w2, b13, b2, activation=activation), **tol)
+    layout_out = OPS.sort(ids, weights, num_experts, 4)
+    torch.testing.assert_close(
+        OPS.experts_sorted(hidden, *layout_out, w1, w2, top_k, 4, b13, b2, activation=activation, w3=w3),
+        OPS.experts_sorted(hidden, *layout_out, w13, w2, top_k, 4, b13, b2, activation=activation), **tol)
+    torch.testing.assert_close(OPS.moe(hidden, logits, w1, w2, top_k, b13, b2, activation=activation, w3=w3),
+                               OPS.moe(hidden, logits, w13, w2, top_k, b13, b2, activation=activation), **tol)
+    assert_close_to_naive(OPS.experts(hidden, ids, weights, w1, w2, b13, b2, activation=activation, w3=w3),
+                          naive_experts(hidden, ids, weights, w13, w2, b13, b2, activation=activation), dtype)
+
+
+def test_w3_is_the_last_argument():
+    """Existing positional callers keep working: w3 is last in every experts op's schema, default None."""
+    for name in ("experts", "experts_sorted", "moe"):
+        schema = getattr(OPS, name).default._schema
+        last = schema.arguments[-1]
+        assert last.name == "w3" and str(last.type) == "Optional[Tensor]" and last.default_value is None
+
+
 # --------------------------------------------------------------------------------------------------- opcheck
 def _opcheck_cases():
     """Every op, optional tensors None and given, on T=5 / E=8 (both dtypes for the expert ops), and once more
@@ -656,6 +699,12 @@ def _opcheck_cases():
                 ("experts", (hidden, ids.long(), weights, w13, w2, b13, b2), dict(expert_mask=mask, **swiglu)),
                 ("experts_sorted", (hidden, *layout, w13, w2, top_k, 4, b13, b2), swiglu),
                 ("moe", (hidden, logits.to(dtype), w13, w2, top_k, b13, b2), dict(groups, **swiglu)),
+            ]
+            w1, w3 = split_w3(w13)
+            cases += [
+                ("experts", (hidden, ids.long(), weights, w1, w2, b13, b2), dict(expert_mask=mask, w3=w3)),
+                ("experts_sorted", (hidden, *layout, w1, w2, top_k, 4, b13, b2), dict(activation="gelu", w3=w3)),
+                ("moe", (hidden, logits.to(dtype), w1, w2, top_k), dict(w3=w3)),
             ]
             if full and dtype == torch.float32:
                 cases += [
@@ -811,7 +860,18 @@ BAD_INPUTS = {
     "experts_swiglu_limit": (lambda: _experts(activation="swiglu_oai", limit=0.0), ValueError, "limit"),
     "experts_mask_dtype": (lambda: _experts(expert_mask=_t(4)), TypeError, "expert_mask"),
     "experts_mask_shape": (lambda: _experts(expert_mask=_t(8, dtype=torch.bool)), ValueError, "expert_mask"),
+    "experts_w3_shape": (lambda: _experts(w13=_t(4, I, H), w3=_t(4, I + 1, H)), ValueError, "w3"),
+    "experts_w3_rank": (lambda: _experts(w13=_t(4, I, H), w3=_t(I, H)), ValueError, "w3"),
+    "experts_w3_float": (lambda: _experts(w13=_t(4, I, H), w3=_t(4, I, H, dtype=torch.int32)), TypeError, "w3"),
+    "experts_w3_dtype": (lambda: _experts(w13=_t(4, I, H), w3=_t(4, I, H, dtype=torch.bfloat16)), TypeError, "w3"),
+    "experts_w3_interleaved": (lambda: _experts(w13=_t(4, I, H), w3=_t(4, I, H), gate_up_interleaved=True),
+                               ValueError, "w3"),
+    "experts_w3_fused_w13": (lambda: _experts(w3=_t(4, 2 * I, H)), ValueError, "w2"),  # w13 is the gate alone
+    "experts_w3_device": (lambda: _experts(w13=_t(4, I, H), w3=_t(4, I, H).to("meta")), ValueError, "w3"),
     # experts_sorted
+    "sorted_w3_shape": (lambda: _experts_sorted(w13=_t(4, I, H), w3=_t(4, I, H + 1)), ValueError, "w3"),
+    "sorted_w3_interleaved": (lambda: _experts_sorted(w13=_t(4, I, H), w3=_t(4, I, H), gate_up_interleaved=True,
+                                                      activation="swiglu_oai"), ValueError, "w3"),
     "sorted_token_ids_length": (lambda: _experts_sorted(sorted_token_ids=_t(7, dtype=torch.int32)), ValueError,
                                 "sorted_token_ids"),
     "sorted_token_ids_dtype": (lambda: _experts_sorted(sorted_token_ids=_base()["layout"][0].long()), TypeError,
@@ -845,6 +905,8 @@ BAD_INPUTS = {
     "moe_order": (lambda: _moe(order="random"), ValueError, "order"),
     "moe_bias_shape": (lambda: _moe(correction_bias=_t(3)), ValueError, "correction_bias"),
     "moe_n_group": (lambda: _moe(n_group=3), ValueError, "n_group"),
+    "moe_w3_shape": (lambda: _moe(w13=_t(4, I, H), w3=_t(5, I, H)), ValueError, "w3"),
+    "moe_w3_dtype": (lambda: _moe(w13=_t(4, I, H), w3=_t(4, I, H, dtype=torch.float64)), TypeError, "w3"),
 }
 
 

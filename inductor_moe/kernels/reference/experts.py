@@ -30,7 +30,9 @@ def experts_sorted_ref(
     gate_up_interleaved: bool,
     alpha: float,
     limit: float,
+    w3: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """``w3``: separate up weights [E, I, H]; ``w13`` is then the gate projection [E, I, H] alone."""
     tokens, hidden_dim = hidden.shape
     n_rows = tokens * top_k
     packed = sorted_token_ids.long()
@@ -48,6 +50,8 @@ def experts_sorted_ref(
         expert = sorted_expert_ids[block : block + 1].long().clamp(min=0)
         xb = x.index_select(0, token[lo:hi])
         gate_up = xb @ w13.index_select(0, expert)[0].float().t()
+        if w3 is not None:  # [gate | up] as with the chunked w13
+            gate_up = torch.cat([gate_up, xb @ w3.index_select(0, expert)[0].float().t()], dim=-1)
         if b13 is not None:
             gate_up = gate_up + b13.index_select(0, expert).float()
         act = apply_activation(gate_up, activation, gate_up_interleaved, alpha, limit)
@@ -71,11 +75,12 @@ def experts_ref(
     alpha: float,
     limit: float,
     expert_mask: torch.Tensor | None = None,
+    w3: torch.Tensor | None = None,
 ) -> torch.Tensor:
     top_k = ids.shape[1]
     num_experts = w13.shape[0]
     block_m = REFERENCE_BLOCK_M
     sorted_out = sort_ref(ids, weights, num_experts, block_m, expert_mask)
     return experts_sorted_ref(
-        hidden, *sorted_out, w13, w2, top_k, block_m, b13, b2, activation, gate_up_interleaved, alpha, limit
+        hidden, *sorted_out, w13, w2, top_k, block_m, b13, b2, activation, gate_up_interleaved, alpha, limit, w3
     )

@@ -6,7 +6,8 @@ its cost is the sort launch, padding blocks and the [T*k, H] buffer that is summ
 ``_decode_up_kernel``, one program per (pair, tile of ``BLOCK_N`` intermediate columns): routes its token
 again (``route._route_tile`` on one row: E logits, a few reductions, all router kinds) and keeps its slot's
 expert and weight (the tile-0 program stores them for the second kernel), then streams the gate and up rows
-of that expert against the token's hidden row (a GEMV: f32 products summed over ``BLOCK_K`` columns, no
+of that expert (the up rows through their own base: ``w13[:, I:]``, or ``w3`` when gate and up are
+separate weights) against the token's hidden row (a GEMV: f32 products summed over ``BLOCK_K`` columns, no
 ``tl.dot``, which would need 16 rows) and writes ``act`` [T*k, I] in the model dtype, as the sorted path does.
 
 ``_decode_down_kernel``, one program per (token, tile of ``BLOCK_N`` hidden columns): one GEMV over the
@@ -25,15 +26,16 @@ import triton
 import triton.language as tl
 
 from .configs import decode_key, pick_decode_tiles
-from .experts import ACT_CODES, _activation, _gate_up_rows
+from .experts import ACT_CODES, _activation, _gate_up_rows, _proj_rows, up_weights
 from .route import _route_tile, route_meta
 
 
 @triton.jit(do_not_specialize=["T"])
 def _decode_up_kernel(
-    x_ptr, logits_ptr, corr_ptr, wts_ptr, ids_ptr, w_ptr, b_ptr, act_ptr,
+    x_ptr, logits_ptr, corr_ptr, wts_ptr, ids_ptr, w_ptr, wu_ptr, b_ptr, act_ptr,
     T, E, K, I, top_k, n_group, group_size, topk_group, scaling,
-    stride_xt, stride_xk, stride_lt, stride_le, stride_we, stride_wn, stride_wk, stride_be, stride_bn,
+    stride_xt, stride_xk, stride_lt, stride_le, stride_we, stride_wn, stride_wk, stride_ue, stride_un, stride_uk,
+    stride_be, stride_bn,
     alpha, limit,
     SIGMOID: tl.constexpr, HAS_CORR: tl.constexpr, GROUPED: tl.constexpr, RENORM: tl.constexpr,
     TOPK_FIRST: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_TOPK: tl.constexpr,
@@ -58,8 +60,10 @@ def _decode_up_kernel(
 
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)  # of the bias [E, 2I]
+    w_rows = _proj_rows(offs_n, INTERLEAVED)  # of the gate base (w13) and the up base (w13[:, I:] or w3)
     w_base = w_ptr + expert.to(tl.int64) * stride_we
+    u_base = wu_ptr + expert.to(tl.int64) * stride_ue
     x_row = x_ptr + token.to(tl.int64) * stride_xt
     acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -68,8 +72,8 @@ def _decode_up_kernel(
         k_ok = offs_k < K
         xv = tl.load(x_row + offs_k * stride_xk, mask=k_ok, other=0.0).to(tl.float32)
         m = n_ok[:, None] & k_ok[None, :]
-        wg = tl.load(w_base + gate_rows[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=m, other=0.0)
-        wu = tl.load(w_base + up_rows[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=m, other=0.0)
+        wg = tl.load(w_base + w_rows[:, None] * stride_wn + offs_k[None, :] * stride_wk, mask=m, other=0.0)
+        wu = tl.load(u_base + w_rows[:, None] * stride_un + offs_k[None, :] * stride_uk, mask=m, other=0.0)
         acc_g += tl.sum(wg.to(tl.float32) * xv[None, :], axis=1)
         acc_u += tl.sum(wu.to(tl.float32) * xv[None, :], axis=1)
     if HAS_BIAS:
@@ -129,9 +133,11 @@ def tiles_for(w: torch.Tensor) -> tuple[int, int, int]:
 
 def moe_decode_triton(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias,
                       n_group, topk_group, scaling, activation, gate_up_interleaved, alpha, limit,
-                      tiles1: tuple[int, int, int] | None = None, tiles2: tuple[int, int, int] | None = None):
-    """``moe`` for a few tokens. Tiles: ``tiles1``/``tiles2`` when given (tuning, tests), else the tuned
-    table (``configs.pick_decode_tiles``, written by benchmarks/tune_decode.py), else ``tiles_for``."""
+                      tiles1: tuple[int, int, int] | None = None, tiles2: tuple[int, int, int] | None = None,
+                      w3=None):
+    """``moe`` for a few tokens (``w3``: separate up weights, ``w13`` then holds the gate rows alone).
+    Tiles: ``tiles1``/``tiles2`` when given (tuning, tests), else the tuned table
+    (``configs.pick_decode_tiles``, written by benchmarks/tune_decode.py), else ``tiles_for``."""
     tokens, hidden_dim = hidden.shape
     num_experts = w13.shape[0]
     inter = w2.shape[2]
@@ -151,11 +157,12 @@ def moe_decode_triton(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormal
         tiles2 = tiles2 or tuned.get("down")
     bn1, bk1, warps1 = tiles1 or tiles_for(w13)
     bias13 = b13 if b13 is not None else w13
+    up = up_weights(w13, inter, gate_up_interleaved, w3)
     _decode_up_kernel[(tokens * top_k * triton.cdiv(inter, bn1),)](
-        hidden, logits, corr, weights, ids, w13, bias13, act,
+        hidden, logits, corr, weights, ids, w13, up, bias13, act,
         tokens, num_experts, hidden_dim, inter, top_k, n_group, num_experts // n_group, topk_group, float(scaling),
         hidden.stride(0), hidden.stride(1), logits.stride(0), logits.stride(1),
-        w13.stride(0), w13.stride(1), w13.stride(2),
+        w13.stride(0), w13.stride(1), w13.stride(2), up.stride(0), up.stride(1), up.stride(2),
         bias13.stride(0) if b13 is not None else 0, bias13.stride(1) if b13 is not None else 0,
         float(alpha), float(limit),
         SIGMOID=meta["SIGMOID"], HAS_CORR=meta["HAS_BIAS"], GROUPED=meta["GROUPED"], RENORM=meta["RENORM"],

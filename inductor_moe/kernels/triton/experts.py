@@ -4,7 +4,9 @@ Stage 1, one program per (block of ``block_m`` sorted rows, tile of ``BLOCK_N`` 
 gather the block's tokens from ``hidden``, multiply by the gate rows and the up rows of its expert's
 ``w13`` (two accumulators, so the activation is fused in the epilogue: SiLU/GELU/ReLU x up for the
 chunked layout, GPT-OSS clamped SwiGLU for the interleaved one), write ``act`` [L, I] in the model dtype
-at the sorted row.
+at the sorted row. The up rows come through their own base pointer and strides: ``w13[:, I:]`` (or
+``w13[:, 1:]`` interleaved) for the fused weights, ``w3`` where the model keeps gate and up apart, so one
+kernel serves both without a copy.
 Stage 2, one program per (block, tile of ``BLOCK_N`` hidden columns): ``act @ w2[e].T`` (+ b2), times
 the routing weight in f32, written to row ``token * k + slot`` of a [T*k, H] buffer; the k rows of a
 token are then summed in slot order (deterministic: no atomics).
@@ -59,6 +61,17 @@ def _gate_up_rows(offs_n, I, INTERLEAVED: tl.constexpr):
 
 
 @triton.jit
+def _proj_rows(offs_n, INTERLEAVED: tl.constexpr):
+    """Rows of intermediate columns ``offs_n`` relative to the gate base (``w13``) and the up base
+    (``w13[:, I:]``, ``w13[:, 1:]`` when interleaved, or a separate ``w3``): the same index for both."""
+    if INTERLEAVED:
+        rows = 2 * offs_n
+    else:
+        rows = offs_n
+    return rows
+
+
+@triton.jit
 def _tile(num_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
     """(row block, column tile) of this program in the grouped order."""
     pid = tl.program_id(0)
@@ -72,9 +85,10 @@ def _tile(num_blocks, N, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T"])
 def _stage1_kernel(
-    x_ptr, sti_ptr, sei_ptr, nv_ptr, w_ptr, b_ptr, out_ptr,
+    x_ptr, sti_ptr, sei_ptr, nv_ptr, w_ptr, wu_ptr, b_ptr, out_ptr,
     T, K, I, num_blocks,
-    stride_xt, stride_xk, stride_we, stride_wn, stride_wk, stride_be, stride_bn, stride_om,
+    stride_xt, stride_xk, stride_we, stride_wn, stride_wk, stride_ue, stride_un, stride_uk, stride_be, stride_bn,
+    stride_om,
     alpha, limit,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr, UPCAST: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -89,8 +103,10 @@ def _stage1_kernel(
     row_ok = token < T
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < I
-    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)
+    gate_rows, up_rows = _gate_up_rows(offs_n, I, INTERLEAVED)  # of the bias [E, 2I]
+    w_rows = _proj_rows(offs_n, INTERLEAVED)
     w_base = w_ptr + expert * stride_we
+    u_base = wu_ptr + expert * stride_ue
     x_rows = x_ptr + token.to(tl.int64)[:, None] * stride_xt
     acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -99,8 +115,8 @@ def _stage1_kernel(
         k_ok = offs_k < K
         a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w_mask = k_ok[:, None] & n_ok[None, :]
-        wg = tl.load(w_base + gate_rows[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=w_mask, other=0.0)
-        wu = tl.load(w_base + up_rows[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=w_mask, other=0.0)
+        wg = tl.load(w_base + w_rows[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=w_mask, other=0.0)
+        wu = tl.load(u_base + w_rows[None, :] * stride_un + offs_k[:, None] * stride_uk, mask=w_mask, other=0.0)
         if UPCAST:  # the interpreter's bf16 dot is wrong: compute it in f32 there
             a = a.to(tl.float32)
             wg = wg.to(tl.float32)
@@ -168,18 +184,29 @@ def _kernel_flags(hidden):
     return interpreting() and hidden.dtype != torch.float32, hidden.dtype == torch.float32
 
 
+def up_weights(w13, inter, gate_up_interleaved, w3=None):
+    """The base of the up-projection rows: ``w3``, or a view of ``w13`` (no copy) whose row ``n`` (row
+    ``2n`` when interleaved) is the up row of intermediate column ``n``."""
+    if w3 is not None:
+        return w3
+    return w13[:, 1:] if gate_up_interleaved else w13[:, inter:]
+
+
 def launch_stage1(hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, b13, act, block_m, activation,
-                  gate_up_interleaved, alpha, limit, config: ExpertsConfig):
-    """act[r] = activation(hidden[token of r] @ w13[expert of r's block].T (+ b13)) for every valid row r."""
+                  gate_up_interleaved, alpha, limit, config: ExpertsConfig, w3=None):
+    """act[r] = activation(hidden[token of r] @ w13[expert of r's block].T (+ b13)) for every valid row r
+    (with ``w3``: gate from ``w13``, up from ``w3``)."""
     tokens, hidden_dim = hidden.shape
     inter = act.shape[1]
     blocks = sorted_token_ids.shape[0] // block_m
     upcast, ieee = _kernel_flags(hidden)
     bias = b13 if b13 is not None else w13
+    up = up_weights(w13, inter, gate_up_interleaved, w3)
     _stage1_kernel[(blocks * triton.cdiv(inter, config.n1),)](
-        hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, bias, act,
+        hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, up, bias, act,
         tokens, hidden_dim, inter, blocks,
         hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+        up.stride(0), up.stride(1), up.stride(2),
         bias.stride(0) if b13 is not None else 0, bias.stride(1) if b13 is not None else 0, act.stride(0),
         float(alpha), float(limit),
         HAS_BIAS=b13 is not None, ACT=ACT_CODES[activation], INTERLEAVED=gate_up_interleaved, UPCAST=upcast,
@@ -210,17 +237,18 @@ def launch_stage2(act, sorted_token_ids, sorted_weights, sorted_expert_ids, num_
 def experts_sorted_triton(
     hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w13, w2, top_k, block_m,
     b13, b2, activation, gate_up_interleaved, alpha, limit, config: ExpertsConfig | None = None,
-    every_pair_routed: bool = False,
+    every_pair_routed: bool = False, w3=None,
 ):
     """``every_pair_routed``: the caller knows that every (token, slot) pair is in the sorted layout (ids
-    from a router, no expert mask), so no row of the [T*k, H] buffer needs zeroing first."""
+    from a router, no expert mask), so no row of the [T*k, H] buffer needs zeroing first. ``w3``: separate
+    up weights (``w13`` is then the gate projection alone)."""
     tokens, hidden_dim = hidden.shape
     inter = w2.shape[2]
     if config is None:
         config = pick_config(tokens, top_k, w13.shape[0], hidden_dim, inter, hidden.dtype, block_m=block_m)
     act = torch.empty(sorted_token_ids.shape[0], inter, dtype=hidden.dtype, device=hidden.device)
     launch_stage1(hidden, sorted_token_ids, sorted_expert_ids, num_valid, w13, b13, act, block_m, activation,
-                  gate_up_interleaved, alpha, limit, config)
+                  gate_up_interleaved, alpha, limit, config, w3=w3)
     # pairs the sort dropped (masked experts, ids outside [0, E)) leave their rows unwritten
     alloc = torch.empty if every_pair_routed else torch.zeros
     rows = alloc(tokens * top_k, hidden_dim, dtype=hidden.dtype, device=hidden.device)
@@ -232,7 +260,7 @@ def experts_sorted_triton(
 
 
 def experts_triton(hidden, ids, weights, w13, w2, b13, b2, activation, gate_up_interleaved, alpha, limit,
-                   expert_mask=None):
+                   expert_mask=None, w3=None):
     from ... import dispatch
 
     tokens, top_k = ids.shape
@@ -241,11 +269,11 @@ def experts_triton(hidden, ids, weights, w13, w2, b13, b2, activation, gate_up_i
     _, sort = dispatch.select("sort", ids.device, ids=ids, num_experts=num_experts, block_m=config.block_m)
     sorted_out = sort(ids, weights, num_experts, config.block_m, expert_mask)
     return experts_sorted_triton(hidden, *sorted_out, w13, w2, top_k, config.block_m, b13, b2, activation,
-                                 gate_up_interleaved, alpha, limit, config)
+                                 gate_up_interleaved, alpha, limit, w3=w3, config=config)
 
 
 def moe_triton(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, order, correction_bias, n_group,
-               topk_group, scaling, activation, gate_up_interleaved, alpha, limit):
+               topk_group, scaling, activation, gate_up_interleaved, alpha, limit, w3=None):
     from ... import dispatch
 
     from . import supports_route
@@ -256,19 +284,22 @@ def moe_triton(hidden, logits, w13, w2, top_k, b13, b2, scoring, renormalize, or
     route_args = (scoring, renormalize, order, correction_bias, n_group, topk_group, scaling)
     if use_decode(tokens, top_k, num_experts) and supports_route(logits=logits, top_k=top_k) is None:
         return moe_decode_triton(hidden, logits, w13, w2, top_k, b13, b2, *route_args, activation,
-                                 gate_up_interleaved, alpha, limit)
+                                 gate_up_interleaved, alpha, limit, w3=w3)
     config = pick_config(tokens, top_k, num_experts, hidden.shape[1], w2.shape[2], hidden.dtype)
     _, route_sort = dispatch.select("route_sort", logits.device, logits=logits, top_k=top_k,
                                     block_m=config.block_m, scoring=scoring, order=order)
     outs = route_sort(logits, top_k, config.block_m, *route_args, None)
     return experts_sorted_triton(hidden, *outs[:4], w13, w2, top_k, config.block_m, b13, b2, activation,
-                                 gate_up_interleaved, alpha, limit, config, every_pair_routed=True)
+                                 gate_up_interleaved, alpha, limit, w3=w3, config=config, every_pair_routed=True)
 
 
-def supports_experts(hidden=None, w13=None, w2=None, activation=None, top_k=None, block_m=None, **_):
-    # CPU tensors never come here, also under TRITON_INTERPRET=1: tests call the kernels directly
-    if hidden.device.type != "cuda":
-        return "not a CUDA tensor"
+def supports_experts(hidden=None, w13=None, w2=None, activation=None, top_k=None, block_m=None, w3=None, **_):
+    """Takes separate up weights (``w3``): the up rows have their own base pointer and strides."""
+    from . import _device_reason
+
+    reason = _device_reason(hidden)  # CUDA; CPU tensors only under TRITON_INTERPRET=1 when forced (tests)
+    if reason:
+        return reason
     if hidden.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         return f"dtype {hidden.dtype}"
     if activation not in ACT_CODES:

@@ -92,3 +92,20 @@ def test_moe_triton_takes_the_decode_path(monkeypatch):
             experts.moe_triton(x, logits_for(T, 16), w13, w2, 2, None, None, *ROUTE_DEFAULTS.values(), "silu",
                                False, 1.702, 7.0)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("T", [1, 3])
+def test_decode_separate_w3(dtype, T):
+    """Separate gate (w13 [E, I, H]) and up (w3 [E, I, H], here a strided view) weights: the same as the
+    fused [gate | up] w13."""
+    E, k, H, I = 16, 4, 48, 40
+    w13, w2, b13, b2 = _weights(E, H, I, dtype, True, False, seed=5)
+    w1 = w13[:, :I].contiguous()
+    w3 = w13[:, I:].transpose(1, 2).contiguous().transpose(1, 2)
+    x = torch.randn(T, H, generator=torch.Generator().manual_seed(6)).to(dtype).to(DEVICE)
+    logits = logits_for(T, E)
+    route = (*ROUTE_DEFAULTS.values(), "silu", False, 1.702, 7.0)
+    got = moe_decode_triton(x, logits, w1, w2, k, b13, b2, *route, tiles1=(16, 32, 4), tiles2=(16, 32, 4), w3=w3)
+    want = moe_ref(x, logits, w13, w2, k, b13, b2, *route)
+    assert _err(got, want) < (1e-5 if dtype == torch.float32 else 1e-2)

@@ -91,3 +91,48 @@ def test_zero_tokens():
     weights, ids = route_ref(logits, 2)
     out = experts_triton(x, ids, weights, w13, w2, None, None, "silu", False, 1.702, 7.0)
     assert out.shape == (0, 16)
+
+
+def _split(w13, inter, strided_w3=False):
+    """gpt-fast's separate w1 (gate) / w3 (up) weights; ``strided_w3`` stores w3 as [E, H, I] and passes the
+    transposed view, so the up rows have strides of their own."""
+    w1, w3 = w13[:, :inter].contiguous(), w13[:, inter:].contiguous()
+    if strided_w3:
+        w3 = w3.transpose(1, 2).contiguous().transpose(1, 2)
+    return w1, w3
+
+
+@pytest.mark.parametrize("bias,strided_w3", [(False, False), (True, True)], ids=["plain", "bias_strided_w3"])
+@pytest.mark.parametrize("T", [1, 19])
+def test_experts_sorted_separate_w3_f32(bias, strided_w3, T):
+    """w13 = gate [E, I, H] plus w3 = up [E, I, H]: the same as the fused [gate | up] weights."""
+    E, k, H, I = 4, 2, 40, 24
+    x, logits, w13, w2, b13, b2 = _case(T, E, k, H, I, torch.float32, bias)
+    w1, w3 = _split(w13, I, strided_w3)
+    weights, ids = route_ref(logits, k)
+    sorted_out = sort_ref(ids, weights, E, 16)
+    tail = (k, 16, b13, b2, "silu", False, 1.702, 7.0)
+    got = experts_sorted_triton(x, *sorted_out, w1, w2, *tail, config=SMALL, w3=w3)
+    want = experts_sorted_ref(x, *sorted_out, w13, w2, *tail)
+    assert _err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("T", [1, 9])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "fp16"])
+def test_ops_with_w3_run_on_triton(T, dtype):
+    """The ``experts`` and ``moe`` ops with ``w3`` through the dispatch, forced onto the Triton kernels (T=1:
+    the decode path of ``moe``; T=9: the sorted path), against the reference on the fused weights."""
+    import inductor_moe
+
+    E, k, H, I = 8, 2, 32, 16
+    x, logits, w13, w2, _, _ = _case(T, E, k, H, I, dtype, False)
+    w1, w3 = _split(w13, I)
+    weights, ids = route_ref(logits, k)
+    inductor_moe.reset_stats()
+    with inductor_moe.force_backend("triton"):
+        got_experts = torch.ops.inductor_moe.experts(x, ids, weights, w1, w2, w3=w3)
+        got_moe = torch.ops.inductor_moe.moe(x, logits, w1, w2, k, w3=w3)
+    assert inductor_moe.stats()["fallbacks"] == []
+    want = experts_ref(x, ids, weights, w13, w2, None, None, "silu", False, 1.702, 7.0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert _err(got_experts, want) < tol and _err(got_moe, want) < tol

@@ -155,6 +155,10 @@ inductor_moe.moe(2, scoring='softmax', renormalize=True, activation='silu')""")
         that reason and stays, next to the fused op; the histc is the aux loss's."""
         ops, s = _run_aux("aux_loss")
         self.assertEqual(s["matches"], dict.fromkeys(MATCHES, 1))
+        if "aten.topk" not in ops:  # transformers 5.17's loss leaves no top-k in this graph: nothing turned down
+            self.assertEqual(_reasons(s), [])
+            self.assertEqual(ops, ["aten.mm", "inductor_moe.moe(2, scoring='softmax', renormalize=True, activation='silu')"])
+            return
         self.assertEqual(_reasons(s), ["top-k values are unused (weights gathered another way)"])
         self.assertExpectedInline("\n".join(ops), """\
 aten.mm

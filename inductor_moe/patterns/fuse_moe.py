@@ -9,6 +9,7 @@ form) carry over to ``moe`` unchanged.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,32 @@ def match(experts: Node) -> FuseMatch:
     if len(experts.args) != 5 or experts.kwargs.get("expert_mask") is not None:
         fail("experts call with an expert mask or positional extras", experts)
     ids, weights = experts.args[1], experts.args[2]
-    route_ids, i = _fx.getitem_of(_fx.strip_convert(ids))
-    route_w, j = _fx.getitem_of(_fx.strip_convert(weights))
-    if not _fx.is_op(route_ids, torch.ops.inductor_moe.route.default) or route_ids is not route_w or (i, j) != (1, 0):
-        fail("experts ids/weights do not come from one route op", experts)
+    route_ids, i = _route_output(ids)
+    route_w, j = _route_output(weights)
+    if route_ids is None or route_ids is not route_w or (i, j) != (1, 0):
+        source = _fx.strip_convert(ids if route_ids is None else weights)
+        fail(f"experts ids/weights do not come from one route op (they come from {_describe(source)})", experts)
     return FuseMatch(experts, route_ids)
+
+
+def _route_output(node) -> tuple[Node | None, int | None]:
+    """(route node, output index) when ``node`` is a route op's output (through dtype casts), else (None, None)."""
+    node = _fx.strip_convert(node)
+    if not (isinstance(node, Node) and node.target is operator.getitem):
+        return None, None
+    parent, index = node.args
+    if not _fx.is_op(parent, torch.ops.inductor_moe.route.default):
+        return None, None
+    return parent, index
+
+
+def _describe(node) -> str:
+    if not isinstance(node, Node):
+        return repr(node)
+    if node.target is operator.getitem:
+        return f"output {node.args[1]} of {_describe(node.args[0])}"
+    target = getattr(node.target, "__name__", str(node.target))
+    return f"{target} {node.name}" if node.op == "call_function" else f"{node.op} {node.name}"
 
 
 def replace(graph: Graph, m: FuseMatch) -> Node:

@@ -16,9 +16,18 @@ Prefix sums over experts are block scans: DPP ``row_shr`` 1/2/4/8 inside 16-lane
 of the row totals, one LDS slot per wave. Index arithmetic, the paths and every size are in
 ``sort_layout.py`` (shared with the NumPy emulation in ``tests/kernels/flydsl``).
 
-Paths by P = T * k pairs:
+Paths by P = T * k pairs (``sort_layout.path_for``: tiny -> small -> large):
 
-- **small** (P <= ``SMALL_MAX_PAIRS``, 2048; decode): ONE launch of one workgroup (256 threads, or one
+- **tiny** (P <= ``TINY_MAX_PAIRS``, 64; decode: T <= 8 at k = 8, T <= 16 at k <= 4): ONE launch of ONE
+  wave, built for latency: lane l holds pair l (its id loaded once, its weight loaded before the scan),
+  ballots give its rank and group count; ``ceil(E / 64)`` consecutive LDS expert counters per lane are
+  zeroed and each group's leader stores its count (no read-modify-write, no atomics); each lane pads its
+  counters, a wave scan (DPP row_shr + 4 ``v_readlane``, no LDS slot) turns them into run starts; lane 0
+  writes ``num_valid``; a kept pair writes its entry at run start + rank, its leader the run's pads; the
+  tail in dwordx4 stores when block_m % 4 == 0. No ``s_barrier``: the two ``fx.barrier()`` calls lower to
+  wave barriers in a one-wave workgroup (LDS operations of one wave complete in order). LDS: 256 bytes
+  per 64 experts.
+- **small** (64 < P <= ``SMALL_MAX_PAIRS``, 2048; larger decode): ONE launch of one workgroup (256 threads, or one
   per expert above 256 experts): LDS histogram rows, barrier, per-expert totals + block scan -> run
   starts, pads inside runs, ``num_valid``, barrier, scatter, the tail.
 - **large**: three launches with an int32 workspace [chunks, E] (chunks <= 64): ``count`` (per-workgroup
@@ -29,7 +38,8 @@ Limits (``supports_sort`` declines the rest, so the dispatch falls back): E <= 5
 any ``block_m`` >= 1, ids int32 or int64, weights of any float dtype (cast to f32 on the host, as the
 reference does), every buffer byte offset < 2**31 (L * 4 and T * k * 8 for int64 ids), AMD gfx942/gfx950.
 
-``build_sort_kernel`` (cached) builds the launcher of one (E, k, block_m, mask, ids dtype, arch, path);
+``build_sort_kernel`` (cached) builds the launcher of one (E, k, block_m, mask, ids dtype, arch, path),
+path in ``sort_layout.PATHS`` (tiny, small, large);
 ``sort_flydsl`` has ``sort_ref``'s signature and launches it (T = 0, all padding, goes to ``sort_ref``);
 ``compile_sort_kernels`` compiles one path without a GPU and returns its ISA (the compile-only tests read
 it). The kernels have been compiled and their ISA checked, never run on an AMD GPU.
@@ -56,7 +66,7 @@ def kernel_names(plan: SL.SortPlan, path: str) -> tuple[str, ...]:
     """Names of the kernels a path launches, in launch order."""
     tag = (f"e{plan.num_experts}_k{plan.top_k}_bm{plan.block_m}_{plan.ids_dtype}"
            f"{'_mask' if plan.has_mask else ''}_{plan.arch}")
-    kinds = ("small",) if path == "small" else ("count", "scan", "scatter")
+    kinds = (path,) if path in ("tiny", "small") else ("count", "scan", "scatter")
     return tuple(f"moe_sort_{kind}_{tag}" for kind in kinds)
 
 
@@ -67,6 +77,7 @@ class SortKernel:
     plan: SL.SortPlan
     path: str
     names: tuple  # kernel names in launch order
+    # tiny:  @flyc.jit (ids, weights, mask, sti, sw, sei, nv, n_tokens, n_pairs, length, n_blocks, stream)
     # small: @flyc.jit (ids, weights, mask, sti, sw, sei, nv, n_tokens, n_pairs, steps, length, n_blocks, stream)
     # large: @flyc.jit (ids, weights, mask, sti, sw, sei, nv, ws, n_tokens, n_pairs, steps, length, n_blocks,
     #                   n_chunks, chunks_per_row, stream)
@@ -188,8 +199,9 @@ def _device(plan: SL.SortPlan) -> SimpleNamespace:
         for b in range(total // BM + start, n_blocks, stride, unroll=1):
             store_i32(-1, dst.sei, b)
 
-    def block_scan(value, lane, wave, waves, wave_total):
-        """(exclusive prefix sum of ``value`` over the workgroup's threads, the sum of all). One barrier."""
+    def wave_scan(value, lane):
+        """(exclusive prefix sum of ``value`` over the wave's 64 lanes, the wave's sum: wave-uniform, an SGPR).
+        DPP ``row_shr`` 1/2/4/8 inside 16-lane rows, ``v_readlane`` of the four row ends. No LDS, no barrier."""
         v = value
         for shift in SL.SCAN_SHIFTS:  # inclusive scan of each 16-lane row
             v = v + i32(rocdl.update_dpp(T.i32, _ir(i32(0)), _ir(v), SL.DPP_ROW_SHR[shift], 0xF, 0xF, True))
@@ -197,7 +209,12 @@ def _device(plan: SL.SortPlan) -> SimpleNamespace:
         row = lane >> 4
         for r in range(1, 4):
             v = v + (row >= r).select(rows[r - 1], i32(0))
-        fx.ptr_store(rows[0] + rows[1] + rows[2] + rows[3], lds_at(wave_total, wave))
+        return v - value, rows[0] + rows[1] + rows[2] + rows[3]
+
+    def block_scan(value, lane, wave, waves, wave_total):
+        """(exclusive prefix sum of ``value`` over the workgroup's threads, the sum of all). One barrier."""
+        v, wave_sum = wave_scan(value, lane)
+        fx.ptr_store(wave_sum, lds_at(wave_total, wave))
         fx.barrier()
         before = i32(0)
         total = i32(0)
@@ -205,7 +222,20 @@ def _device(plan: SL.SortPlan) -> SimpleNamespace:
             t = fx.ptr_load(lds_at(wave_total, w))
             before = before + (wave > w).select(t, i32(0))
             total = total + t
-        return v - value + before, total
+        return v + before, total
+
+    @flyc.jit
+    def fill_tail_vec4(dst, total, lane, length, n_blocks, pad):
+        """The tiny path's tail when block_m % 4 == 0 (total and length multiples of 4): dwordx4 stores of
+        4 pads / 4 zero weights from entry total + 4 * lane, stride 256; blocks one per lane, stride 64."""
+        pads = Vector.filled(4, pad, fx.Int32)
+        zeros = Vector.filled(4, 0, fx.Int32)
+        vec = SL.tiny_tail_vec(BM)
+        for i in range(total + SL.tiny_tail_start(lane, vec), length, i32(SL.tiny_tail_stride(vec)), unroll=1):
+            rocdl.raw_ptr_buffer_store(_ir(pads), dst.sti, _ir(i * 4), _ir(i32(0)))
+            rocdl.raw_ptr_buffer_store(_ir(zeros), dst.sw, _ir(i * 4), _ir(i32(0)))
+        for b in range(total // BM + SL.tail_start(0, lane, SL.WAVE), n_blocks, i32(SL.WAVE), unroll=1):
+            store_i32(-1, dst.sei, b)
 
     def lds_struct(fields: dict):
         """An LDS struct of 16-byte aligned i32 arrays (sizes from the plan, see sort_layout.lds_bytes)."""
@@ -214,8 +244,98 @@ def _device(plan: SL.SortPlan) -> SimpleNamespace:
 
     return SimpleNamespace(i32=i32, rsrc=rsrc, load_i32=load_i32, store_i32=store_i32, lds_at=lds_at,
                            zero_row=zero_row, count_segment=count_segment, scatter_segment=scatter_segment,
-                           pad_run=pad_run, fill_tail=fill_tail, block_scan=block_scan, 
-                           lds_struct=lds_struct)
+                           pad_run=pad_run, fill_tail=fill_tail, block_scan=block_scan,
+                           lds_struct=lds_struct, pair_key=pair_key, wave_scan=wave_scan,
+                           fill_tail_vec4=fill_tail_vec4)
+
+
+def _build_tiny(plan: SL.SortPlan) -> SortKernel:
+    """ONE wave, one pair per lane (P <= 64): see sort_layout's ``tiny`` path."""
+    f = _flydsl()
+    flyc, fx = f.flyc, f.fx
+    d = _device(plan)
+    i32, lds_at = d.i32, d.lds_at
+    E, BM, EPL = plan.num_experts, plan.block_m, plan.tiny_epl
+    (name,) = kernel_names(plan, "tiny")
+    Shared = d.lds_struct(plan.tiny_lds())
+
+    def counter(start, lane, j):
+        return lds_at(start, SL.tiny_expert(lane, j, EPL))
+
+    def zero_counters(start, lane):
+        for j in range(EPL):
+            fx.ptr_store(i32(0), counter(start, lane, j))
+
+    def scan_counters(start, lane):
+        """Counters -> run starts (exclusive prefix of the padded counts in expert order); returns the total
+        (wave-uniform)."""
+        padded = [SL.padded_count(fx.ptr_load(counter(start, lane, j)), BM) for j in range(EPL)]
+        own = padded[0]
+        for j in range(1, EPL):
+            own = own + padded[j]
+        run, total = d.wave_scan(own, lane)
+        for j in range(EPL):
+            fx.ptr_store(run, counter(start, lane, j))
+            run = run + padded[j]
+        return total
+
+    def tail(dst, total, lane, length, n_blocks, pad):
+        if plan.tiny_tail_vec == 4:
+            d.fill_tail_vec4(dst, total, lane, length, n_blocks, pad)
+        else:
+            d.fill_tail(dst, total, SL.tail_start(0, lane, SL.WAVE), i32(SL.tail_stride(1, SL.WAVE)), length,
+                        n_blocks, pad)
+
+    @flyc.kernel(name=name, known_block_size=[SL.WAVE, 1, 1])
+    def sort_tiny(ids: fx.Tensor, weights: fx.Tensor, mask: fx.Tensor, sti: fx.Tensor, sw: fx.Tensor,
+                  sei: fx.Tensor, nv: fx.Tensor, n_tokens: fx.Int32, n_pairs: fx.Int32, length: fx.Int32,
+                  n_blocks: fx.Int32):
+        lane = i32(fx.thread_idx.x)
+        src = SimpleNamespace(ids=d.rsrc(ids), weights=d.rsrc(weights), mask=d.rsrc(mask))
+        dst = SimpleNamespace(sti=d.rsrc(sti), sw=d.rsrc(sw), sei=d.rsrc(sei))
+        start = fx.SharedAllocator().allocate(Shared).peek().start.ptr
+        pad = SL.pad_value(n_tokens, plan.top_k)
+
+        # 1. the lane's pair: key, rank and group count from the ballots; its weight loaded now (its
+        #    latency hides behind the scan); counters to 0, each group's leader stores its count
+        p = lane
+        key, rank, count = d.pair_key(src, p, n_pairs)
+        kept = key < E
+        weight = d.load_i32(src.weights, kept.select(p, i32(0)))
+        zero_counters(start, lane)
+        if (rank == 0) & kept:
+            fx.ptr_store(count, lds_at(start, key))
+        fx.barrier()  # one wave: a wave barrier (no s_barrier), orders the compiler only
+
+        # 2. the lane's counters padded, wave scan of their sums -> run starts (overwrite the counters)
+        total = scan_counters(start, lane)
+        if lane == 0:
+            nv_rsrc = d.rsrc(nv)
+            d.store_i32(total, nv_rsrc, 0)
+            d.store_i32(n_tokens, nv_rsrc, 1)
+        fx.barrier()
+
+        # 3. the pair to its run start + rank (and its block's expert id on a block's first entry); the
+        #    leader pads its run; the tail
+        if kept:
+            base = fx.ptr_load(lds_at(start, key))
+            dest = base + rank
+            d.store_i32(SL.packed_entry(p, plan.top_k), dst.sti, dest)
+            d.store_i32(weight, dst.sw, dest)
+            if dest % BM == 0:
+                d.store_i32(key, dst.sei, dest // BM)
+            if rank == 0:
+                d.pad_run(dst, base, count, SL.padded_count(count, BM), pad)
+        tail(dst, total, lane, length, n_blocks, pad)
+
+    @flyc.jit
+    def launch(ids: fx.Tensor, weights: fx.Tensor, mask: fx.Tensor, sti: fx.Tensor, sw: fx.Tensor, sei: fx.Tensor,
+               nv: fx.Tensor, n_tokens: fx.Int32, n_pairs: fx.Int32, length: fx.Int32, n_blocks: fx.Int32,
+               stream: fx.Stream = fx.Stream(None)):
+        sort_tiny(ids, weights, mask, sti, sw, sei, nv, n_tokens, n_pairs, length, n_blocks).launch(
+            grid=(1, 1, 1), block=(SL.WAVE, 1, 1), stream=stream)
+
+    return SortKernel(plan=plan, path="tiny", names=(name,), launch=launch)
 
 
 def _build_small(plan: SL.SortPlan) -> SortKernel:
@@ -417,9 +537,13 @@ def _build_large(plan: SL.SortPlan) -> SortKernel:
     return SortKernel(plan=plan, path="large", names=(count_name, scan_name, scatter_name), launch=launch)
 
 
+_BUILDERS = {"tiny": lambda plan: _build_tiny(plan), "small": lambda plan: _build_small(plan),
+             "large": lambda plan: _build_large(plan)}
+
+
 @lru_cache(maxsize=None)
 def _build_cached(plan: SL.SortPlan, path: str) -> SortKernel:
-    return _build_small(plan) if path == "small" else _build_large(plan)
+    return _BUILDERS[path](plan)
 
 
 def build_sort_kernel(num_experts: int, top_k: int, block_m: int, arch: str, *, path: str,
@@ -450,13 +574,16 @@ def compile_sort_kernels(num_experts: int, top_k: int, block_m: int, arch: str, 
     if reason is not None:
         raise RuntimeError(f"cannot compile FlyDSL kernels here: {reason}")
     plan = SL.sort_plan(num_experts, top_k, block_m, has_mask, ids_dtype, arch)
-    sizes = SL.sort_sizes(plan, SL.SMALL_MAX_PAIRS // top_k, path)  # placeholder sizes: the code is the same
+    placeholder_tokens = (SL.TINY_MAX_PAIRS if path == "tiny" else SL.SMALL_MAX_PAIRS) // top_k
+    sizes = SL.sort_sizes(plan, placeholder_tokens, path)  # placeholder sizes: the code is the same
     with tempfile.TemporaryDirectory(prefix="flydsl_sort_") as tmp:
         out_dir = Path(dump_dir) if dump_dir is not None else Path(tmp)
         with compile_only_env(arch, out_dir):
             import flydsl.compiler as flyc
 
-            kern = (_build_small if path == "small" else _build_large)(plan)
+            if path not in SL.PATHS:
+                raise ValueError(f"path: must be one of {SL.PATHS}, got {path!r}")
+            kern = _BUILDERS[path](plan)
             args = _placeholder_args(plan, sizes)
             flyc.compile(kern.launch, *args)
         for path_ in sorted(out_dir.glob("**/*_final_isa.s"), key=lambda p: p.stat().st_mtime, reverse=True):
@@ -476,6 +603,8 @@ def _placeholder_args(plan: SL.SortPlan, sizes: SL.SortSizes) -> list:
     sw = torch.empty(sizes.length, dtype=torch.float32)
     sei = torch.empty(sizes.blocks, dtype=torch.int32)
     nv = torch.empty(2, dtype=torch.int32)
+    if sizes.path == "tiny":
+        return [ids, weights, mask, sti, sw, sei, nv, sizes.tokens, sizes.pairs, sizes.length, sizes.blocks]
     if sizes.path == "small":
         return [ids, weights, mask, sti, sw, sei, nv, sizes.tokens, sizes.pairs, sizes.steps, sizes.length,
                 sizes.blocks]
@@ -546,7 +675,9 @@ def sort_flydsl(
     kern = build_sort_kernel(num_experts, top_k, block_m, arch, path=sizes.path, has_mask=plan.has_mask,
                              ids_dtype=plan.ids_dtype)
     stream = fx.Stream(torch.cuda.current_stream(device))
-    if sizes.path == "small":
+    if sizes.path == "tiny":
+        kern.launch(ids_c, w, mask, sti, sw, sei, nv, tokens, sizes.pairs, sizes.length, sizes.blocks, stream=stream)
+    elif sizes.path == "small":
         kern.launch(ids_c, w, mask, sti, sw, sei, nv, tokens, sizes.pairs, sizes.steps, sizes.length, sizes.blocks,
                     stream=stream)
     else:

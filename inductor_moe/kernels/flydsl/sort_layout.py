@@ -24,8 +24,19 @@ Vocabulary (wave = 64 lanes on gfx942/gfx950):
 
 Paths (``path_for(P)``):
 
-- ``small`` (P <= ``SMALL_MAX_PAIRS``): one workgroup of ``small_threads(E)`` threads (one expert per
-  thread, at least 256), one launch. Count every wave's segment into its LDS row; barrier; thread e sums
+- ``tiny`` (P <= ``TINY_MAX_PAIRS`` = 64, decode: T <= 64 // k, e.g. T <= 8 at k = 8, T <= 16 at k <= 4):
+  one launch of ONE wave; lane ``l`` holds pair ``l`` (one step, no segment walk) and ``tiny_epl(E) =
+  ceil(E / 64)`` consecutive expert counters ``tiny_expert(l, j) = l * epl + j`` of a 64 * epl i32 LDS
+  array ``start``. (1) every lane zeroes its counters, each group's leader stores its group count (a
+  plain store: one step, so no read-modify-write); (2) each lane pads its counters to ``block_m``, the
+  wave scan (the block scan's DPP + ``v_readlane`` half, no LDS slot) of their sums gives run starts, which
+  overwrite the counters; lane 0 writes ``num_valid``; (3) a kept pair goes to ``start[key] + rank`` and
+  its leader writes its run's pads; the tail in ``tiny_tail_vec(block_m)``-entry stores (4 when block_m % 4
+  == 0: ``num_valid[0]`` and L are then multiples of 4). Phases are separated by ``fx.barrier()``, which
+  LLVM lowers to a wave barrier (no ``s_barrier``) for a one-wave workgroup: LDS operations of one wave
+  complete in order, the barrier only orders the compiler. The total is wave-uniform (SGPR): no LDS slot.
+- ``small`` (``TINY_MAX_PAIRS`` < P <= ``SMALL_MAX_PAIRS``): one workgroup of ``small_threads(E)`` threads
+  (one expert per thread, at least 256), one launch. Count every wave's segment into its LDS row; barrier; thread e sums
   column e over the waves, pads it to ``block_m``, block scan -> run starts; rows become positions;
   pads inside runs; ``num_valid``; barrier; every wave re-walks its segment and scatters; the tail.
 - ``large``: three launches over ``chunks`` workgroups of ``CHUNK_THREADS`` threads (``CHUNK_WAVES`` waves
@@ -57,6 +68,9 @@ WAVE = 64
 MAX_EXPERTS = 512  # one expert per thread in the scans (workgroups of at most 512 threads)
 MAX_TOP_K = 127  # slot field of a packed entry
 MAX_TOKENS = 1 << TOKEN_BITS
+# One wave holding one pair per lane up to this many pairs (the seed's "T <= 16" decode path; here bounded
+# by pairs, so the kernel has no loop over steps and loads each id once).
+TINY_MAX_PAIRS = WAVE
 # One workgroup up to this many pairs (T <= 256 at k = 8), three launches above. Not measured: no AMD
 # GPU has run these kernels; tune it there.
 SMALL_MAX_PAIRS = 2048
@@ -72,7 +86,7 @@ DPP_ROW_SHR = {1: 0x111, 2: 0x112, 4: 0x114, 8: 0x118}  # GFX9 DPP control words
 ROW_LAST_LANES = (15, 31, 47, 63)  # v_readlane sources: the inclusive total of each 16-lane row
 IDS_DTYPES = {"i32": 4, "i64": 8}
 MAX_BYTE_OFFSET = 2**31 - 1  # buffer offsets are computed in signed 32-bit arithmetic
-PATHS = ("small", "large")
+PATHS = ("tiny", "small", "large")
 
 
 def _fail(what: str) -> None:
@@ -167,7 +181,36 @@ def tail_stride(chunks: int, threads: int) -> int:
 
 
 def path_for(pairs: int) -> str:
+    """tiny -> small -> large by P = T * k."""
+    if pairs <= TINY_MAX_PAIRS:
+        return "tiny"
     return "small" if pairs <= SMALL_MAX_PAIRS else "large"
+
+
+def tiny_epl(num_experts: int) -> int:
+    """Expert counters per lane of the tiny path's one wave (1 up to 64 experts, 8 at 512)."""
+    _int("num_experts", num_experts, 1, MAX_EXPERTS)
+    return -(-num_experts // WAVE)
+
+
+def tiny_expert(lane: int, j: int, epl: int) -> int:
+    """The expert of counter ``j`` of ``lane`` (consecutive per lane, so the wave scan keeps expert order)."""
+    return lane * epl + j
+
+
+def tiny_tail_vec(block_m: int) -> int:
+    """Entries per tail store of the tiny path: 4 (dwordx4) when block_m % 4 == 0, else 1."""
+    _int("block_m", block_m, 1)
+    return 4 if block_m % 4 == 0 else 1
+
+
+def tiny_tail_start(lane: int, vec: int) -> int:
+    """Offset past ``num_valid[0]`` of a lane's first tail store (entries)."""
+    return lane * vec
+
+
+def tiny_tail_stride(vec: int) -> int:
+    return WAVE * vec
 
 
 def check_offsets(tokens: int, top_k: int, num_experts: int, block_m: int, ids_dtype: str = "i32") -> None:
@@ -210,6 +253,17 @@ class SortPlan:
         """Experts each count/scatter thread folds over the waves (E > 256 needs two)."""
         return -(-self.num_experts // CHUNK_THREADS)
 
+    @property
+    def tiny_epl(self) -> int:
+        return tiny_epl(self.num_experts)
+
+    @property
+    def tiny_tail_vec(self) -> int:
+        return tiny_tail_vec(self.block_m)
+
+    def tiny_lds(self) -> dict[str, int]:
+        return {"start": WAVE * self.tiny_epl}
+
     def small_lds(self) -> dict[str, int]:
         return {"hist": self.small_waves * self.num_experts, "wave_total": self.small_waves}
 
@@ -251,7 +305,7 @@ class SortSizes:
     pad_value: int
     path: str
     steps: int  # steps per wave
-    chunks: int  # workgroups of the count / scatter kernels (1 on the small path)
+    chunks: int  # workgroups of the count / scatter kernels (1 on the tiny and small paths)
     chunks_per_row: int  # chunks each scan row walks (large path)
 
 
@@ -264,7 +318,11 @@ def sort_sizes(plan: SortPlan, tokens: int, path: str | None = None) -> SortSize
     if path not in PATHS:
         _fail(f"path: must be one of {PATHS}, got {path!r}")
     length = sorted_length(tokens, plan.top_k, plan.num_experts, plan.block_m)
-    if path == "small":
+    if path == "tiny":
+        if pairs > TINY_MAX_PAIRS:
+            _fail(f"tokens: the tiny path holds at most {TINY_MAX_PAIRS} pairs, got {tokens} x {plan.top_k}")
+        steps, chunks = 1, 1
+    elif path == "small":
         steps, chunks = -(-pairs // plan.small_threads), 1
     else:
         if pairs < 1:

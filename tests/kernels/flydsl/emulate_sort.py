@@ -6,8 +6,10 @@ ids read as (low, high) words), the peers of a lane from one ballot per key bit,
 lanes, as ``v_mbcnt``) and the group count (``v_bcnt``), the leader's update of its wave's LDS row, the
 block scan (DPP ``row_shr`` sources with bound_ctrl, ``v_readlane`` of the row ends, wave totals), the scan
 kernel's (row, col) thread grid and chunk ranges, the pads after each run, and every thread's share of the
-tail. Every store goes through ``_Memory``, which counts writes per element: the outputs must be written
-exactly once, as the kernels promise (no write order matters). It needs neither FlyDSL nor a GPU.
+tail; on the tiny path the one wave's counters (``tiny_expert``), its leaders' plain count stores, the wave
+scan, the leaders' pads and the dwordx4 tail stores. Every store goes through ``_Memory``, which counts writes
+per element: the outputs must be written exactly once, as the kernels promise (no write order matters). It
+needs neither FlyDSL nor a GPU.
 """
 import numpy as np
 import torch
@@ -51,6 +53,9 @@ def _pair_keys(plan, mem, p, n_pairs):
     """The kernel's ``pair_key`` load and filter, for any array of pair indices: key = expert or E."""
     inside = p < n_pairs
     q = np.where(inside, p, n_pairs - 1)
+    if n_pairs == 0:  # T = 0 (sort_flydsl hands it to sort_ref): the clamped index -1 reads 0 out of bounds
+        q = np.zeros_like(q)
+        mem = type("Empty", (), {"wide": False, "words": np.zeros(1, np.int32), "mask": mem.mask})
     if mem.wide:
         e, high = mem.words[2 * q], mem.words[2 * q + 1]
         ok = (high == 0) & (e >= 0) & (e < plan.num_experts)
@@ -174,6 +179,55 @@ def _small(plan, sizes, mem):
     _tail(plan, sizes, mem, total, 1, plan.small_threads)
 
 
+def _tiny(plan, sizes, mem):
+    """ONE wave, lane l holds pair l; LDS ``start`` [64 * epl]: counters, then run starts."""
+    E, bm, epl = plan.num_experts, plan.block_m, plan.tiny_epl
+    assert sizes.pairs <= SL.WAVE and sizes.steps == 1 and sizes.chunks == 1
+    lane = np.arange(SL.WAVE)
+    counter = SL.tiny_expert(lane[:, None], np.arange(epl)[None, :], epl)  # [64, epl]
+    assert sorted(counter.reshape(-1).tolist()) == list(range(SL.WAVE * epl)), "counters: one lane each"
+    assert counter.reshape(-1)[:E].tolist() == list(range(E)), "counters must follow expert order"
+    lds = np.full(SL.WAVE * epl, -(1 << 40), np.int64)  # uninitialized LDS: a poison value
+
+    # 1. one pair per lane: key, rank, count; counters to 0, each group's leader stores its count
+    p = SL.pair_index(0, 0, 0, lane, 1, 1)
+    key = _pair_keys(plan, mem, p, sizes.pairs)
+    rank, count = _peers(key[None, :], plan.key_bits)
+    rank, count = rank[0], count[0]
+    kept = key < E
+    lds[counter] = 0
+    lead = kept & (rank == 0)
+    assert len(set(key[lead].tolist())) == lead.sum(), "one leader per expert: plain stores, no race"
+    lds[key[lead]] = count[lead]
+
+    # 2. each lane: its counters padded; the wave scan of their sums; counters -> run starts
+    padded = SL.padded_count(lds[counter], bm)  # [64, epl]
+    before, total = _block_scan(padded.sum(1))  # one wave: the DPP + readlane half only
+    lds[counter] = before[:, None] + np.cumsum(padded, 1) - padded
+    mem.store("nv", [0, 1], [total, mem.tokens])
+
+    # 3. kept pairs to start + rank (block ids on a block's first entry); leaders pad their runs; the tail
+    base = lds[key[kept]]
+    dest = base + rank[kept]
+    mem.store("sti", dest, SL.packed_entry(p[kept], plan.top_k))
+    mem.store("sw", dest, mem.weights[p[kept]])
+    first = dest % bm == 0
+    mem.store("sei", dest[first] // bm, key[kept][first])
+    lead_base, lead_count = lds[key[lead]], count[lead]
+    pads = _ranges(lead_base + lead_count, lead_base + SL.padded_count(lead_count, bm), 1)
+    mem.store("sti", pads, sizes.pad_value)
+    mem.store("sw", pads, 0.0)
+    vec = plan.tiny_tail_vec
+    if vec > 1:
+        assert total % vec == 0 and sizes.length % vec == 0, "dwordx4 tail stores must stay aligned"
+    firsts = _ranges(total + SL.tiny_tail_start(lane, vec), sizes.length, SL.tiny_tail_stride(vec))
+    entries = (firsts[:, None] + np.arange(vec)[None, :]).reshape(-1)
+    mem.store("sti", entries, sizes.pad_value)
+    mem.store("sw", entries, 0.0)
+    mem.store("sei", _ranges(total // bm + SL.tail_start(0, lane, SL.WAVE), sizes.blocks,
+                             SL.tail_stride(1, SL.WAVE)), -1)
+
+
 def _large(plan, sizes, mem):
     E, C, W = plan.num_experts, sizes.chunks, SL.CHUNK_WAVES
     experts = [tid + j * SL.CHUNK_THREADS for j in range(plan.experts_per_chunk_thread)
@@ -222,7 +276,7 @@ def emulate_sort(ids: torch.Tensor, weights: torch.Tensor, num_experts: int, blo
     plan = SL.sort_plan(num_experts, top_k, block_m, expert_mask is not None, ids_dtype, arch)
     sizes = SL.sort_sizes(plan, tokens, path)
     mem = _Memory(ids, weights, expert_mask, sizes)
-    (_small if sizes.path == "small" else _large)(plan, sizes, mem)
+    {"tiny": _tiny, "small": _small, "large": _large}[sizes.path](plan, sizes, mem)
     mem.check_written_once()
     return (torch.from_numpy(mem.sti.astype(np.int32)), torch.from_numpy(mem.sw),
             torch.from_numpy(mem.sei.astype(np.int32)), torch.from_numpy(mem.nv.astype(np.int32)))

@@ -1,7 +1,7 @@
 """The FlyDSL moe_sorting kernels' algorithm and layout, checked without FlyDSL: a NumPy emulation built on
 ``sort_layout.py`` (tests/kernels/flydsl/emulate_sort.py) reproduces ``sort_ref`` bit for bit on the
-production (E, k) set, on both paths, with skewed routing, expert masks, dropped ids and int64 ids, and
-writes every output element exactly once."""
+production (E, k) set, on all three paths (tiny, small, large), with skewed routing, expert masks, dropped ids
+and int64 ids, and writes every output element exactly once."""
 import pytest
 import torch
 
@@ -69,10 +69,54 @@ def test_emulation_matches_reference(experts, top_k):
         _check(ids, weights, experts, BLOCK_MS[(i + 1) % 4], _mask(experts, seed))
 
 
+TINY_TOKENS = (1, 2, 7, 16)
+TINY_BLOCK_MS = (1, 16, 32, 64)
+
+
+@pytest.mark.parametrize("experts,top_k", PRODUCTION)
+def test_tiny_path_matches_reference(experts, top_k):
+    # decode sizes: the tiny path wherever T * k <= 64 (forced there too), else path_for picks small; with
+    # and without an expert mask, ids outside [0, E) (int64 ids among them), every block_m of TINY_BLOCK_MS
+    for tokens in TINY_TOKENS:
+        pairs = tokens * top_k
+        path = "tiny" if pairs <= SL.TINY_MAX_PAIRS else "small"
+        assert SL.path_for(pairs) == path
+        for j, block_m in enumerate(TINY_BLOCK_MS):
+            seed = experts * 1000 + top_k * 100 + tokens * 10 + j
+            weights = _weights(tokens, top_k, seed)
+            ids = _skewed_ids(tokens, experts, top_k, seed)
+            _check(ids, weights, experts, block_m)
+            _check(ids, weights, experts, block_m, path=path)
+            dtype = torch.int64 if j % 2 else torch.int32
+            ids = _skewed_ids(tokens, experts, top_k, seed, dtype=dtype, dropped=0.2)
+            _check(ids, weights, experts, block_m, path=path)
+            _check(ids, weights, experts, block_m, _mask(experts, seed), path=path)
+
+
+def test_tiny_path_edges():
+    # a full wave of pairs on one expert, on the last expert, all dropped, nothing local, duplicates in a row
+    for experts, top_k, block_m in [(8, 2, 16), (512, 1, 64), (257, 8, 3), (64, 4, 1)]:
+        tokens = SL.TINY_MAX_PAIRS // top_k
+        w = _weights(tokens, top_k, experts)
+        for fill in (0, experts - 1, -1, experts):
+            _check(torch.full((tokens, top_k), fill, dtype=torch.int32), w, experts, block_m, path="tiny")
+        _check(_skewed_ids(tokens, experts, top_k, 1), w, experts, block_m, torch.zeros(experts, dtype=torch.bool),
+               path="tiny")
+        dup = torch.randint(0, min(experts, 5), (tokens, top_k), generator=torch.Generator().manual_seed(4))
+        _check(dup.to(torch.int32), w, experts, block_m, path="tiny")
+    _check(torch.zeros((0, 2), dtype=torch.int32), torch.zeros(0, 2), 8, 16, path="tiny")  # T = 0
+    plan = SL.sort_plan(512, 10, 32, False, "i32", "gfx942")
+    assert plan.tiny_epl == 8 and plan.tiny_lds() == {"start": 512} and plan.tiny_tail_vec == 4
+    assert SL.tiny_epl(64) == 1 and SL.tiny_epl(65) == 2 and SL.tiny_tail_vec(24) == 4 and SL.tiny_tail_vec(6) == 1
+    with pytest.raises(ValueError, match="tokens"):
+        SL.sort_sizes(plan, 7, "tiny")  # 70 pairs
+
+
 @pytest.mark.parametrize("experts,top_k", [(8, 2), (128, 8), (257, 9), (512, 10)])
 def test_both_paths_match_reference(experts, top_k):
-    # the small path far past its threshold (many steps per wave) and the large path on tiny inputs
-    for tokens, path in [(1000, "small"), (1, "large"), (33, "large"), (300, "large")]:
+    # the small path far past its threshold (many steps per wave) and below it (tiny inputs), and the
+    # large path on tiny inputs
+    for tokens, path in [(1000, "small"), (1, "small"), (1, "large"), (33, "large"), (300, "large")]:
         seed = experts + tokens
         ids = _skewed_ids(tokens, experts, top_k, seed, dropped=0.05)
         _check(ids, _weights(tokens, top_k, seed), experts, 32, _mask(experts, seed), path=path)
@@ -100,6 +144,7 @@ def test_bf16_weights_are_cast_like_the_reference():
 
 def test_sizes_follow_the_plan():
     plan = SL.sort_plan(128, 8, 64, False, "i32", "gfx942")
+    assert SL.sort_sizes(plan, 8).path == "tiny" and SL.sort_sizes(plan, 9).path == "small"
     assert SL.sort_sizes(plan, 256).path == "small" and SL.sort_sizes(plan, 257).path == "large"
     assert plan.small_threads == 256 and SL.small_threads(257) == 320 and SL.small_threads(512) == 512
     for tokens in (257, 1000, 4096, 16384, 100_000):
@@ -113,7 +158,7 @@ def test_sizes_follow_the_plan():
     for experts in (1, 8, 60, 128, 257, 512):
         p = SL.sort_plan(experts, 1, 16, True, "i64", "gfx950")
         assert p.scan_rows * p.scan_cols <= SL.SCAN_THREADS and p.scan_cols >= experts
-        for fields in (p.small_lds(), p.chunk_lds(), p.scan_lds()):
+        for fields in (p.tiny_lds(), p.small_lds(), p.chunk_lds(), p.scan_lds()):
             assert SL.lds_bytes(fields) <= 64 * 1024  # gfx942's LDS per workgroup
     assert SL.sort_plan(512, 10, 32, False, "i32", "gfx942").experts_per_chunk_thread == 2
 

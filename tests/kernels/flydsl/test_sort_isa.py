@@ -1,9 +1,11 @@
 """Compile-only tests: the FlyDSL moe_sorting kernels compiled for gfx942 and gfx950 on this CPU machine,
-and their ISA checked against the plan (kernels/flydsl/sort.py, sort_layout.py): one kernel on the small
-path and three on the large one, the LDS histogram (ds_ instructions, LDS size from the plan), the barriers,
+and their ISA checked against the plan (kernels/flydsl/sort.py, sort_layout.py): one kernel on the tiny and
+small paths and three on the large one, the LDS histogram (ds_ instructions, LDS size from the plan), the barriers,
 one DPP row_shr scan with its four v_readlanes where a scan is planned, one v_mbcnt pair and two v_bcnt per
 walk over the pairs, the buffer loads and stores each kernel plans (and no other memory access), no
-scratch, no spills, and a plausible size.
+scratch, no spills, and a plausible size. The tiny path (one wave) promises NO s_barrier (its
+``fx.barrier()`` calls lower to wave barriers), one ballot walk, one wave scan (DPP row_shr 1/2/4/8 + four
+v_readlane), its 64 * ceil(E / 64) i32 LDS counters, and dwordx4 tail stores when block_m % 4 == 0.
 
 Needs ``flydsl==0.4.2`` and an ld.lld (``bash .ci/setup_flydsl.sh``); skips with the reason otherwise.
 """
@@ -22,7 +24,13 @@ BOTH = [(128, 8, 32, "small", False, "i32"), (32, 4, 64, "small", False, "i32"),
         (128, 8, 32, "large", False, "i32")]
 ONE = [(257, 9, 32, "small", True, "i32", "gfx942"), (512, 10, 128, "large", False, "i64", "gfx950"),
        (8, 2, 1, "large", True, "i64", "gfx942")]
-CASES = [c + (a,) for c in BOTH for a in ("gfx942", "gfx950")] + ONE
+# the tiny path: (128, 8) on both archs always; (32, 4) and (256, 8) on both archs, and the scalar-tail
+# variant with a mask and int64 ids, under -m slow (CI compile time)
+TINY = [(128, 8, 32, "tiny", False, "i32")]
+TINY_SLOW = [(32, 4, 64, "tiny", False, "i32"), (256, 8, 16, "tiny", False, "i32")]
+TINY_ONE = [(257, 9, 1, "tiny", True, "i64", "gfx950")]
+CASES = ([c + (a,) for c in BOTH + TINY for a in ("gfx942", "gfx950")] + ONE + TINY_ONE
+         + [pytest.param(c + (a,), marks=pytest.mark.slow) for c in TINY_SLOW for a in ("gfx942", "gfx950")])
 
 _isa_cache = {}
 
@@ -71,8 +79,16 @@ def _plan(plan: SL.SortPlan, kind: str) -> dict:
     pads = 2 if plan.block_m > 1 else 0  # block_m = 1 has no pads inside runs
     ept = plan.experts_per_chunk_thread
     loads = {"dword": 0, "x2": 0, "ubyte": 0}
-    stores = {"dword": 0, "x2": 0}
-    if kind == "small":
+    stores = {"dword": 0, "x2": 0, "x4": 0}
+    if kind == "tiny":  # one wave, no s_barrier: fx.barrier() is a wave barrier there
+        walks, scans, barriers, threads, lds = 1, 1, 0, SL.WAVE, plan.tiny_lds()
+        loads["dword"] += 1  # weights
+        stores.update(dword=3 + pads, x2=1)  # entry, weight, block id; pads; num_valid
+        if plan.tiny_tail_vec == 4:
+            stores.update(dword=stores["dword"] + 1, x4=2)  # tail blocks; tail entries and weights, 4 a store
+        else:
+            stores.update(dword=stores["dword"] + 3)
+    elif kind == "small":
         walks, scans, barriers, threads, lds = 2, 1, 3, plan.small_threads, plan.small_lds()
         loads["dword"] += 1  # weights
         stores.update(dword=3 + pads + 3, x2=1)  # entry, weight, block id; pads; tail (2 + blocks); num_valid
@@ -90,7 +106,8 @@ def _plan(plan: SL.SortPlan, kind: str) -> dict:
     loads[ids_load] += walks
     loads["ubyte"] += walks if plan.has_mask else 0
     walk_size = 8 * plan.key_bits + 40  # ~6 VALU per ballot bit, loads, rank and count
-    size = {"small": 150 + 2 * walk_size + 12 * plan.small_waves, "count": 50 + walk_size + 10 * ept,
+    size = {"tiny": 120 + walk_size + 16 * plan.tiny_epl,
+            "small": 150 + 2 * walk_size + 12 * plan.small_waves, "count": 50 + walk_size + 10 * ept,
             "scan": 150 + 4 * plan.scan_rows, "scatter": 150 + 2 * walk_size + 10 * ept}[kind]
     return dict(walks=walks, scans=scans, barriers=barriers, threads=threads, lds=lds, loads=loads,
                 stores=stores, size=size)
@@ -105,9 +122,10 @@ def test_isa_keeps_the_plan(case, tmp_path_factory):
     isa = _isa(case, tmp_path_factory)
     assert re.search(rf'\.amdgcn_target "amdgcn-amd-amdhsa-[a-z]*-{arch}"', isa)
     names = kernel_names(plan, path)
-    assert _count(isa.splitlines(), r"^\s*\.amdhsa_kernel ") == len(names) == (1 if path == "small" else 3)
+    kinds = (path,) if path in ("tiny", "small") else ("count", "scan", "scatter")
+    assert _count(isa.splitlines(), r"^\s*\.amdhsa_kernel ") == len(names) == len(kinds)
 
-    for name, kind in zip(names, ("small",) if path == "small" else ("count", "scan", "scatter")):
+    for name, kind in zip(names, kinds):
         want = _plan(plan, kind)
         body = _body(isa, name)
         assert _threads(isa, name) == want["threads"], name
@@ -136,6 +154,7 @@ def test_isa_keeps_the_plan(case, tmp_path_factory):
         assert _count(body, r"^buffer_load") == sum(loads.values()), name
         assert _count(body, r"^buffer_store_dword\b") == stores["dword"], name
         assert _count(body, r"^buffer_store_dwordx2\b") == stores["x2"], name
+        assert _count(body, r"^buffer_store_dwordx4\b") == stores["x4"], name
         assert _count(body, r"^buffer_store") == sum(stores.values()), name
         assert not _count(body, r"^(scratch_|flat_|global_)"), "no scratch / flat / global memory access"
         assert not _count(body, r"^s_(swappc|setpc|call)"), "no calls into device libraries"
@@ -159,6 +178,8 @@ def test_builder_is_cached_and_checks_the_plan_first():
     assert build_sort_kernel(128, 8, 32, "gfx942", path="small") is a
     b = build_sort_kernel(128, 8, 32, "gfx942", path="large", has_mask=True, ids_dtype="i64")
     assert b.names[0].startswith("moe_sort_count_e128_k8_bm32_i64_mask") and len(b.names) == 3
+    t = build_sort_kernel(128, 8, 32, "gfx942", path="tiny")
+    assert t.names == ("moe_sort_tiny_e128_k8_bm32_i32_gfx942",) and t is not a
     with pytest.raises(ValueError, match="num_experts"):
         build_sort_kernel(513, 8, 32, "gfx942", path="small")
     with pytest.raises(ValueError, match="path"):

@@ -19,6 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_moe_layer import graph_time_us  # noqa: E402  (one CUDA graph of the rotating inputs)
 from inductor_moe.kernels.triton.route_sort import fused_unfit, route_sort_triton  # noqa: E402
 
 # (name, E, k, scoring, order, n_group, topk_group, with correction bias, block_m)
@@ -28,31 +29,6 @@ LAYERS = [
     ("mixtral softmax-topk", 8, 2, "softmax", "softmax_then_topk", 1, 1, False, 16),
     ("deepseek sigmoid-group", 256, 8, "sigmoid", "softmax_then_topk", 8, 4, True, 16),
 ]
-
-
-def graph_time_us(fn, inputs, replays=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for x in inputs:
-            fn(x)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for x in inputs:
-            fn(x)
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(inputs))
-    return sorted(times)[len(times) // 2]
 
 
 def run_layer(layer, tokens, device, dry_run):

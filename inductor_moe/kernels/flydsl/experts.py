@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from . import experts_layout as XL
+from . import toolchain
 from .toolchain import compile_only_env, compile_only_unavailable
 
 LOG2E = 1.4426950408889634
@@ -376,10 +377,7 @@ def compile_experts_kernels(hidden: int, inter: int, top_k: int, block_m: int, a
 
 
 def _device_arch(device: torch.device) -> str | None:
-    if device.type != "cuda" or torch.version.hip is None:
-        return None
-    arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
-    return arch if arch in XL.ARCHS else None
+    return toolchain.device_arch(device)  # a module attribute: tests stand in a gfx942 device
 
 
 def supports_experts_sorted(hidden: torch.Tensor = None, w13: torch.Tensor = None, w2: torch.Tensor = None,

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from . import mxfp4_layout as XL
-from .layout import SUPPORTED_ARCHS
+from . import toolchain
 from .toolchain import compile_only_env, compile_only_unavailable
 
 LOG2E = 1.4426950408889634
@@ -385,10 +385,7 @@ def compile_experts_mxfp4_kernels(num_experts: int, hidden: int, inter: int, arc
 
 
 def _device_arch(device: torch.device) -> str | None:
-    if device.type != "cuda" or torch.version.hip is None:
-        return None
-    arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
-    return arch if arch in SUPPORTED_ARCHS else None
+    return toolchain.device_arch(device)  # a module attribute: tests stand in a gfx942 device
 
 
 def supports_experts_mxfp4(hidden=None, w13_q=None, w2_q=None, activation=None, top_k=None, b13=None, b2=None,

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from . import layout as L
+from . import toolchain
 from .toolchain import compile_only_env, compile_only_unavailable
 
 MODES = ("softmax_renorm", "softmax_full", "sigmoid", "sigmoid_renorm")
@@ -355,10 +356,7 @@ def compile_route_kernel(num_experts: int, top_k: int, dtype: str, arch: str, *,
 
 
 def _device_arch(device: torch.device) -> str | None:
-    if device.type != "cuda" or torch.version.hip is None:
-        return None
-    arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
-    return arch if arch in L.SUPPORTED_ARCHS else None
+    return toolchain.device_arch(device)  # a module attribute: tests stand in a gfx942 device
 
 
 def supports_route(logits: torch.Tensor, top_k: int, scoring: str = "softmax", order: str = "softmax_then_topk",

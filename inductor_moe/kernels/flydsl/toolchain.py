@@ -78,3 +78,16 @@ def compile_only_env(arch: str, dump_dir: str | os.PathLike | None = None):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+ARCHS = ("gfx942", "gfx950")  # the AMD Instinct targets the FlyDSL kernels are written for
+
+
+def device_arch(device) -> str | None:
+    """The gfx target of ``device`` when it is a ROCm GPU the FlyDSL kernels target, else None."""
+    import torch
+
+    if device.type != "cuda" or torch.version.hip is None:
+        return None
+    arch = torch.cuda.get_device_properties(device).gcnArchName.split(":")[0]
+    return arch if arch in ARCHS else None

@@ -376,6 +376,9 @@ def experts_mxfp4_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2
         path = "decode" if use_decode(tokens, top_k, num_experts) else "sorted"
     spec = (b13, b2, activation, gate_up_interleaved, alpha, limit)
     if path == "decode":
+        from . import experts_mxfp4_decode as v2  # opt-in, unverified on a GPU: INDUCTOR_MOE_MXFP4_DECODE=v2
+        if v2.enabled() and v2.supports_layout(w13_q, w2_q):
+            return v2.experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, *spec, expert_mask)
         return experts_mxfp4_decode_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, *spec, expert_mask)
     if path != "sorted":
         raise ValueError(f"path: expected 'decode' or 'sorted', got {path!r}")

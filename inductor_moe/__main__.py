@@ -84,9 +84,8 @@ def run_bench(args: list[str]) -> int:
     script = _REPO / BENCH
     how = (
         f"  python {BENCH} [--layers qwen3,gpt_oss,mixtral] [--tokens 1,8,64,512,4096,16384] [--out FILE.json]\n"
-        "  (resumable: rows already in --out are skipped; the Triton kernels are opt-in until verified on the\n"
-        "   GPU: INDUCTOR_MOE_UNVERIFIED=1). One device round: CHECK_ARGS= BENCH_ARGS=\"--layers qwen3\" "
-        "bash tools/device_round.sh\n"
+        "  (resumable: rows already in --out are skipped). One device call running several steps:\n"
+        "  STEPS=\"check layer\" LAYER_ARGS=\"--layers qwen3\" bash tools/device_steps.sh\n"
         "  Method and results: benchmarks/README.md"
     )
     if any(a in ("-h", "--help") for a in args):

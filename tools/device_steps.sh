@@ -9,6 +9,12 @@
 # e2e:          benchmarks/bench_e2e.py $E2E_ARGS
 # layer:        benchmarks/bench_moe_layer.py $LAYER_ARGS
 # cross:        benchmarks/bench_route_sort.py (fused route+sort vs route + sort crossover)
+# check:        tools/gpu_check.py $CHECK_ARGS (kernel correctness, 251 cases, resumable)
+# profile:      per-kernel profiles of layers (bench_moe_layer.py --profile $PROFILE)
+# profile_decode: tools/profile_decode.py $PROFILE_DECODE_ARGS (kernel time per generated token)
+# tune:         benchmarks/tune_experts.py $TUNE_ARGS (copy $OUT/tune.json to kernels/triton/configs/)
+# tune_decode:  benchmarks/tune_decode.py (decode GEMV tiles into $OUT/tune_decode.json)
+# tune_mxfp4:   benchmarks/tune_mxfp4_decode.py $TUNE_MXFP4_ARGS (opt-in MXFP4 decode v2 tiles)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -41,6 +47,23 @@ for step in ${STEPS:-tests}; do
         --out "$OUT/bench_moe_layer.json" 2>&1 | filt 30 ;;
     cross)
       timeout ${CROSS_S:-90} python3 benchmarks/bench_route_sort.py --out "$OUT/bench_route_sort.json" 2>&1 | filt 30 ;;
+    check)
+      timeout ${CHECK_S:-200} python3 tools/gpu_check.py ${CHECK_ARGS:-} --budget-s $(( ${CHECK_S:-200} - 30 )) \
+        --out "$OUT/gpu_check.json" 2>&1 | tee "$OUT/gpu_check.log" | grep -v " ok$" | filt 12 ;;
+    profile)
+      timeout ${PROFILE_S:-60} python3 benchmarks/bench_moe_layer.py --profile ${PROFILE:-qwen3:1,gpt_oss:1,qwen3:4096} \
+        2>&1 | filt 30 ;;
+    profile_decode)
+      timeout ${PROFILE_DECODE_S:-200} python3 tools/profile_decode.py ${PROFILE_DECODE_ARGS:-} > "$OUT/profile_decode.log" 2>&1
+      filt 40 < "$OUT/profile_decode.log" ;;
+    tune)
+      timeout ${TUNE_S:-500} python3 benchmarks/tune_experts.py ${TUNE_ARGS:-} --budget-s $(( ${TUNE_S:-500} - 40 )) \
+        --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log" | grep -v "failed:" | filt 40 ;;
+    tune_decode)
+      timeout ${TUNE_DECODE_S:-120} python3 benchmarks/tune_decode.py --out "$OUT/tune_decode.json" 2>&1 | filt 8 ;;
+    tune_mxfp4)
+      timeout ${TUNE_MXFP4_S:-540} python3 benchmarks/tune_mxfp4_decode.py ${TUNE_MXFP4_ARGS:---layers gpt_oss} \
+        --budget-s $(( ${TUNE_MXFP4_S:-540} - 20 )) --out "$OUT/tune_mxfp4_decode.json" 2>&1 | filt 30 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -6,6 +6,10 @@ Inputs: ``logits`` [T, E] (any float dtype), ``top_k``, ``scoring`` ("softmax" |
 ``scaling`` (routed_scaling_factor).
 Outputs: ``weights`` [T, k] float32, ``ids`` [T, k] int32, in descending order of selection score.
 
+Ties: among experts with equal scores at the top-k boundary, which ones are chosen is unspecified; the
+reference follows ``torch.topk`` (on CPU not always the lowest id), the Triton and FlyDSL kernels take the
+lowest id. Each is a valid top-k: the chosen scores are the k largest.
+
 NaN or +inf logits: that token's ids are still valid experts in [0, E) (which ones is unspecified) and its
 weights are NaN, so its output row in ``moe``/``experts`` is NaN; other tokens are unaffected. No kernel
 may turn such input into an out-of-range id.

@@ -362,13 +362,7 @@ def compile_experts_kernels(hidden: int, inter: int, top_k: int, block_m: int, a
 
                 name, launch = (_build_stage1 if stage == 1 else _build_stage2)(plan)
                 flyc.compile(launch, *_placeholder_args(plan, stage))
-            for path_ in sorted(out_dir.glob("**/*_final_isa.s"), key=lambda p: p.stat().st_mtime, reverse=True):
-                text = path_.read_text()
-                if f"\n{name}:\n" in text:
-                    out[stage] = text
-                    break
-            else:
-                raise RuntimeError(f"FlyDSL wrote no ISA holding {name} under {out_dir}")
+            out[stage] = toolchain.dumped_isa(out_dir, name)
     return out
 
 

@@ -371,12 +371,7 @@ def compile_experts_mxfp4_kernels(num_experts: int, hidden: int, inter: int, arc
 
                 kern = _build(plan)
                 flyc.compile(kern.launch, *_placeholder_args(plan, hidden, inter))
-            found = sorted(out_dir.glob("**/*_final_isa.s"), key=lambda p: p.stat().st_mtime, reverse=True)
-            texts = [p.read_text() for p in found]
-            texts = [t for t in texts if f"\n{kern.name}:\n" in t]
-            if not texts:
-                raise RuntimeError(f"FlyDSL wrote no ISA holding {kern.name} under {out_dir}")
-            out[stage] = texts[0]
+            out[stage] = toolchain.dumped_isa(out_dir, kern.name)
     return out
 
 

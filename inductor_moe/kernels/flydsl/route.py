@@ -345,10 +345,7 @@ def compile_route_kernel(num_experts: int, top_k: int, dtype: str, arch: str, *,
             w = torch.empty((1, top_k), dtype=torch.float32)
             i = torch.empty((1, top_k), dtype=torch.int32)
             flyc.compile(kern.launch, placeholder, w, i, 1, 1, 1.0)
-        found = sorted((out_dir / kern.name).glob("*_final_isa.s"))
-        if not found:
-            raise RuntimeError(f"FlyDSL wrote no ISA for {kern.name} under {out_dir}")
-        return found[-1].read_text()
+        return toolchain.dumped_isa(out_dir / kern.name, kern.name)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -335,10 +335,7 @@ def compile_route_sort_kernel(num_experts: int, top_k: int, block_m: int, dtype:
                     torch.empty(sizes.blocks, dtype=torch.int32), torch.empty(2, dtype=torch.int32),
                     sizes.tokens, sizes.passes, sizes.pairs, sizes.steps, sizes.length, sizes.blocks, 1.0]
             flyc.compile(kern.launch, *args)
-        found = sorted((out_dir / kern.name).glob("*_final_isa.s"))
-        if not found:
-            raise RuntimeError(f"FlyDSL wrote no ISA for {kern.name} under {out_dir}")
-        return found[-1].read_text()
+        return toolchain.dumped_isa(out_dir / kern.name, kern.name)
 
 
 # --------------------------------------------------------------------------------------------------------

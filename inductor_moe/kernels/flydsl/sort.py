@@ -586,11 +586,7 @@ def compile_sort_kernels(num_experts: int, top_k: int, block_m: int, arch: str, 
             kern = _BUILDERS[path](plan)
             args = _placeholder_args(plan, sizes)
             flyc.compile(kern.launch, *args)
-        for path_ in sorted(out_dir.glob("**/*_final_isa.s"), key=lambda p: p.stat().st_mtime, reverse=True):
-            text = path_.read_text()
-            if all(f"\n{name}:\n" in text for name in kern.names):
-                return text
-        raise RuntimeError(f"FlyDSL wrote no ISA holding {kern.names} under {out_dir}")
+        return toolchain.dumped_isa(out_dir, *kern.names)
 
 
 def _placeholder_args(plan: SL.SortPlan, sizes: SL.SortSizes) -> list:

@@ -80,6 +80,16 @@ def compile_only_env(arch: str, dump_dir: str | os.PathLike | None = None):
                 os.environ[k] = v
 
 
+def dumped_isa(out_dir, *names: str) -> str:
+    """The final ISA that a compile under ``compile_only_env(arch, out_dir)`` dumped for the kernel(s)
+    ``names``: the newest ``*_final_isa.s`` below ``out_dir`` that defines every one of them."""
+    for path in sorted(Path(out_dir).glob("**/*_final_isa.s"), key=lambda p: p.stat().st_mtime, reverse=True):
+        text = path.read_text()
+        if all(f"\n{name}:\n" in text for name in names):
+            return text
+    raise RuntimeError(f"FlyDSL wrote no ISA holding {', '.join(names)} under {out_dir}")
+
+
 ARCHS = ("gfx942", "gfx950")  # the AMD Instinct targets the FlyDSL kernels are written for
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import check_arch
+from .layout import _fail, check_arch
 
 WAVE = 64
 WAVES = 4
@@ -83,10 +83,6 @@ E8M0_BIAS = 127
 E8M0_NAN = 255
 F32_NAN = 0x7FC00000
 F32_MIN_SUBNORMAL_2_127 = 1 << 22  # 2**-127
-
-
-def _fail(what: str) -> None:
-    raise ValueError(what)
 
 
 def perm_py(s0: int, s1: int, sel: int) -> int:

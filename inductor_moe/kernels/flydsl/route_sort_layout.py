@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from ..reference.sort import sorted_length
 from . import layout as L
 from . import sort_layout as SL
+from .sort_layout import _fail, _int  # the same argument checks
 
 WAVE = 64
 # LDS per workgroup (bytes). LLVM: "local memory (66048) exceeds limit (65536)" for gfx942 and
@@ -58,16 +59,6 @@ MIN_CAPACITY = 8  # tokens: the smallest LDS capacity bucket
 SCATTER_WAVE = 0
 BARRIERS = 4
 MODES = ("softmax_renorm", "softmax_full", "sigmoid", "sigmoid_renorm")  # route.MODES
-
-
-def _fail(what: str) -> None:
-    raise ValueError(what)
-
-
-def _int(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        _fail(f"{name}: must be an int in [{lo}, {hi if hi is not None else 'inf'}], got {value!r}")
-    return value
 
 
 def block_threads(num_experts: int) -> int:

@@ -62,7 +62,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..reference.sort import TOKEN_BITS, sorted_length
-from .layout import check_arch, next_pow2
+from .layout import _fail, check_arch, next_pow2
 
 WAVE = 64
 MAX_EXPERTS = 512  # one expert per thread in the scans (workgroups of at most 512 threads)
@@ -87,10 +87,6 @@ ROW_LAST_LANES = (15, 31, 47, 63)  # v_readlane sources: the inclusive total of 
 IDS_DTYPES = {"i32": 4, "i64": 8}
 MAX_BYTE_OFFSET = 2**31 - 1  # buffer offsets are computed in signed 32-bit arithmetic
 PATHS = ("tiny", "small", "large")
-
-
-def _fail(what: str) -> None:
-    raise ValueError(what)
 
 
 def _int(name: str, value, lo: int, hi: int | None = None) -> int:

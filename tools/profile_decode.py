@@ -83,6 +83,13 @@ def main():
                      key=lambda e: -e.device_time_total)[:10]
         for e in top:
             print(f"      {e.device_time_total / steps:9.1f} us/token x{e.count / steps:5.1f}  {e.key[:80]}")
+        # host side: where the CPU time of a step goes (self time of the top ops, per generated token)
+        host = sorted((e for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                      key=lambda e: -e.self_cpu_time_total)[:15]
+        print(f"   host: {sum(e.self_cpu_time_total for e in prof.key_averages()) / steps / 1e3:.3f} ms CPU self "
+              "time per token in profiled ops; top:")
+        for e in host:
+            print(f"      {e.self_cpu_time_total / steps:9.1f} us/token x{e.count / steps:5.1f}  {e.key[:80]}")
         _set_compile(model, None, "reduce-overhead", dev)
 
 

@@ -37,3 +37,24 @@ def test_table_lookup(tmp_path, monkeypatch):
         assert configs.pick_config(5, 8, 128, 2048, 768, torch.bfloat16, block_m=32).block_m == 32
     finally:
         configs._table.cache_clear()
+
+
+def test_sibling_device_borrows_table(tmp_path, monkeypatch):
+    """An H200 (no table of its own) uses the H100's tuned table; its own table wins once it exists."""
+    monkeypatch.setattr(configs, "_DIR", tmp_path)
+    key = configs.shape_key(128, 2048, 768, 8, torch.bfloat16)
+    entry = {"max_tokens": 8, "block_m": 16, "n1": 32, "k1": 128, "warps1": 4, "stages1": 4, "n2": 32, "k2": 128,
+             "warps2": 4, "stages2": 4}
+    (tmp_path / "NVIDIA_H100_80GB_HBM3.json").write_text(json.dumps({key: [entry]}))
+    monkeypatch.setattr(configs, "_device_name", lambda: "NVIDIA H200")
+    configs._table.cache_clear()
+    try:
+        assert configs.table_device("NVIDIA H200") == "NVIDIA H100 80GB HBM3"
+        assert configs.pick_config(1, 8, 128, 2048, 768, torch.bfloat16).n1 == 32
+        (tmp_path / "NVIDIA_H200.json").write_text(json.dumps({key: [{**entry, "n1": 64}]}))
+        configs._table.cache_clear()
+        assert configs.table_device("NVIDIA H200") == "NVIDIA H200"
+        assert configs.pick_config(1, 8, 128, 2048, 768, torch.bfloat16).n1 == 64
+        assert configs.table_device("No Such GPU") is None
+    finally:
+        configs._table.cache_clear()

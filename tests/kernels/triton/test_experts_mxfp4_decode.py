@@ -119,6 +119,17 @@ def test_v2_default_tiles_bf16():
     assert _err(got, experts_mxfp4_ref(*args)) < 1e-2
 
 
+@pytest.mark.slow  # ~110 s a case on the interpreter
+@pytest.mark.parametrize("T,k", [(1, 4), (2, 8), (8, 4)])
+def test_v2_tuned_tiles(T, k):
+    """The GPU-tuned tiles (``tuned_tiles``) on a K that fits them, with a K tail (288 = 9 groups)."""
+    up, down = v2.tuned_tiles(T, k)
+    assert up[1] <= 256 and down is not None and down[1] <= 256
+    x, ids, weights, q, b13, b2 = _case(T, 8, k, 288, 288, torch.float32, True, seed=T + k)
+    args = (x, ids, weights, *q, b13, b2, "swiglu_oai", True, 1.702, 7.0)
+    assert _err(v2.experts_mxfp4_decode_v2(*args), experts_mxfp4_ref(*args)) < 1e-5
+
+
 def test_v2_mask_and_ids_out_of_range():
     x, ids, weights, q, b13, b2 = _case(3, 6, 3, 64, 64, torch.float32, True, seed=2)
     ids = ids.long()
@@ -172,8 +183,8 @@ def test_v2_zero_tokens_bad_tiles_and_layout():
 
 
 def test_dispatch_hook(monkeypatch):
-    """Without INDUCTOR_MOE_MXFP4_DECODE=v2 the decode path is the old kernel pair; with it, v2 (unless the
-    packed layout cannot be read as int32 words); the sorted path never changes."""
+    """The decode path is v2 unless INDUCTOR_MOE_MXFP4_DECODE=v1 asks for the old kernel pair or the packed
+    layout cannot be read as int32 words; the sorted path never changes."""
     calls = []
     monkeypatch.setattr(mx, "experts_mxfp4_decode_triton", lambda *a, **k: calls.append("v1"))
     monkeypatch.setattr(v2, "experts_mxfp4_decode_v2", lambda *a, **k: calls.append("v2"))
@@ -189,7 +200,7 @@ def test_dispatch_hook(monkeypatch):
     mx.experts_mxfp4_triton(x, ids, weights, *q, *spec, path="sorted")
     odd = torch.zeros(32, 64, 17, dtype=torch.uint8)[:, :, 1:]
     mx.experts_mxfp4_triton(x, ids, weights, odd, *q[1:], *spec)
-    assert calls == ["v1", "v1", "v2", "sorted", "v1"]
+    assert calls == ["v2", "v1", "v2", "sorted", "v1"]
 
 
 def test_v2_through_the_hook(monkeypatch):

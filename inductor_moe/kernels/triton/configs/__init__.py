@@ -1,7 +1,7 @@
 """Tile configurations of the Triton expert GEMMs.
 
 ``pick_config(T, k, E, H, I, dtype)`` looks the shape up in ``<device name>.json`` beside this file
-(written by ``benchmarks/tune_experts.py``): per "E=..,H=..,I=..,k=..,dtype=.." a list of
+(written by ``benchmarks/tune_experts.py``; a device without one borrows a sibling's, ``SIBLINGS``): per "E=..,H=..,I=..,k=..,dtype=.." a list of
 {"max_tokens": T, ...config...} entries, the first entry whose max_tokens >= T wins. Unseen shapes and
 devices get ``default_config``, a heuristic on the expected rows per expert (T*k/E): small blocks that
 stream the weights for decode, large tiles for prefill. No autotuning at run time (it cannot run inside
@@ -50,10 +50,24 @@ def device_file(device_name: str) -> Path:
     return _DIR / (device_name.replace(" ", "_") + ".json")
 
 
+# Devices without a table of their own borrow one of the same architecture (same SM count and tensor cores;
+# an H200 differs from an H100 by memory bandwidth and size): better than the untuned heuristic.
+SIBLINGS = {"NVIDIA H200": "NVIDIA H100 80GB HBM3", "NVIDIA H100": "NVIDIA H100 80GB HBM3",
+            "NVIDIA H100 NVL": "NVIDIA H100 80GB HBM3"}
+
+
+def table_device(device_name: str) -> str | None:
+    """The device whose table ``device_name`` uses: its own, else its sibling's (``SIBLINGS``), else None."""
+    for name in (device_name, SIBLINGS.get(device_name)):
+        if name is not None and device_file(name).exists():
+            return name
+    return None
+
+
 @functools.lru_cache(None)
 def _table(device_name: str) -> dict:
-    path = device_file(device_name)
-    return json.loads(path.read_text()) if path.exists() else {}
+    name = table_device(device_name)
+    return json.loads(device_file(name).read_text()) if name else {}
 
 
 def _device_name() -> str:

@@ -6,8 +6,14 @@ a separate kernel between the router and the sort).
 and sorts the T*k pairs it just wrote (``sort._sort_small_body``, the code of ``sort_triton``'s small
 path; the pairs are re-read from the lines this program wrote, so they come from L1/L2), then pads the
 whole tail itself. Bigger problems (``fused_unfit`` says why) run ``route_triton`` then ``sort_triton``:
-the same results, two to four launches. Limits (GPU): BLOCK_T * lanes <= ``FUSED_MAX_TILE`` (T <= 32 at
+the same results, two to four launches. Limits (GPU): BLOCK_T * lanes <= ``FUSED_MAX_TILE`` (T <= 16 at
 E = 256) and next_pow2(T*k) <= ``FUSED_MAX_PAIRS``.
+
+Where the one launch wins (``benchmarks/bench_route_sort.py``, H200, session 4; both in one CUDA graph): at
+every fitting size up to a routing tile of 4096 (Qwen3 E=128 k=8 to T=32: 17.0 vs 18.2 us; GPT-OSS E=32 to
+T=64: 12.4 vs 15.9; Mixtral E=8 to T=128: 14.2 vs 16.7; DeepSeek E=256 sigmoid-group to T=16: 13.6 vs
+16.5 us) and not beyond (DeepSeek T=32, a 32x256 tile: 41.1 vs 24.5 us, one program is too little work
+spread): ``FUSED_MAX_TILE`` is 4096.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from . import sort as _sort
 from .route import _route_tile, lanes, route_meta, route_triton
 from .sort import _sort_small_body, sort_triton
 
-FUSED_MAX_TILE = (1 << 16) if _route.INTERPRET else 8192  # BLOCK_T * lanes of the routing tile
+FUSED_MAX_TILE = (1 << 16) if _route.INTERPRET else 4096  # BLOCK_T * lanes of the routing tile (measured)
 FUSED_MAX_PAIRS = 256  # T * k pairs of the sort (next power of two)
 FUSED_WARPS = 4
 

@@ -4,7 +4,8 @@ Layers (design.md section 4): Qwen3-30B-A3B (H=2048, I=768, E=128, k=8), GPT-OSS
 clamped SwiGLU), Mixtral-8x7B (4096/14336, 8, 2). Router weights, expert weights ~ N(0, 0.02) (seeded),
 inputs ~ N(0, 1); routing by the layer's own router. Each timing is one CUDA graph that runs the layer on
 R rotating input sets (R=8 for T<=64, else 2), replayed; time per call = replay time / R (median of
-replays). Floor per input set = max(distinct experts hit * 3*H*I*2 B + 2*T*H*2 B over 3.0 TB/s,
+replays). Floor per input set = max(distinct experts hit * 3*H*I*2 B + 2*T*H*2 B over the copy bandwidth
+measured in the run (benchmarks/floors.py: ~3.0 TB/s on the H100),
 2*T*k*3*H*I flop over 790 TFLOP/s), averaged over the sets.
 Peers (same weights, same run): HF's block with experts implementation grouped_mm (which calls
 torch._grouped_mm in bf16) and batched_mm (CUDA graph; batched_mm skipped where its weight gather exceeds
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import inductor_moe  # noqa: E402
 
-BW, PEAK = 3.0e12, 790e12
+from benchmarks.floors import PEAK, bandwidth  # noqa: E402
 LAYERS = {
     "qwen3": dict(H=2048, I=768, E=128, k=8, act="silu"),
     "gpt_oss": dict(H=2880, I=2880, E=32, k=4, act="swiglu_oai"),
@@ -38,7 +39,7 @@ LAYERS = {
 
 def floor_us(ids, T, H, I, E, k):
     hit = torch.unique(ids).numel()
-    t_bytes = (hit * 3 * H * I * 2 + 2 * T * H * 2) / BW
+    t_bytes = (hit * 3 * H * I * 2 + 2 * T * H * 2) / bandwidth()
     t_flops = 2 * T * k * 3 * H * I / PEAK
     return max(t_bytes, t_flops) * 1e6
 
@@ -238,6 +239,7 @@ def main():
                 name, T = item.split(":")
                 profile_row(name, int(T), gen)
         return
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth() / 1e12:.2f} TB/s (floors)", flush=True)
     rows = json.load(open(args.out)) if os.path.exists(args.out) else []
     done = {(r["layer"], r["T"]) for r in rows}
     start = time.time()

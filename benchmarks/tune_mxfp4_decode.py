@@ -13,7 +13,8 @@ the default down tiles, the down kernel's with the best up tiles, then the varia
 own launch, else gathered by the up kernel) x prescale (x * 2**64, else one FMUL per weight). Every
 config is checked against ``experts_mxfp4_ref`` on the first input set (rel L2 <= 1e-2, else it is marked
 bad and not picked); the winner is also checked with f32 activations (rel L2 <= 1e-4). Prints time, the
-MXFP4 weight-bytes floor (distinct experts x 3*H*I*(0.5 + 1/32) B at 3.0 TB/s, as bench_mxfp4.py) and
+MXFP4 weight-bytes floor (distinct experts x 3*H*I*(0.5 + 1/32) B over the measured copy bandwidth,
+benchmarks/floors.py) and
 time/floor; writes every row and a per-(layer, T) summary to --out (JSON).
 
 Usage (GPU machine):  python3 benchmarks/tune_mxfp4_decode.py [--layers gpt_oss,qwen3] [--tokens 1,2,4,8]
@@ -35,9 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from inductor_moe.kernels.reference.experts_mxfp4 import experts_mxfp4_ref  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4 as mx  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4_decode as v2  # noqa: E402
+from benchmarks.floors import bandwidth  # noqa: E402
 from inductor_moe.quant.mxfp4 import quantize_mxfp4  # noqa: E402
 
-BW = 3.0e12
 LAYERS = {
     "gpt_oss": dict(E=32, k=4, H=2880, I=2880, activation="swiglu_oai", interleaved=True, bias=True),
     "qwen3": dict(E=128, k=8, H=2048, I=768, activation="silu", interleaved=False, bias=False),
@@ -82,7 +83,7 @@ def make_inputs(c, T, n_sets, gen, device):
 
 
 def floor_us(c, sets):
-    per = [torch.unique(ids).numel() * 3 * c["H"] * c["I"] * (0.5 + 1 / 32) / BW * 1e6 for _, ids, _ in sets]
+    per = [torch.unique(ids).numel() * 3 * c["H"] * c["I"] * (0.5 + 1 / 32) / bandwidth() * 1e6 for _, ids, _ in sets]
     return sum(per) / len(per)
 
 

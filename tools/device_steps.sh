@@ -9,6 +9,7 @@
 # e2e:          benchmarks/bench_e2e.py $E2E_ARGS
 # layer:        benchmarks/bench_moe_layer.py $LAYER_ARGS
 # cross:        benchmarks/bench_route_sort.py (fused route+sort vs route + sort crossover)
+# prefill:      benchmarks/bench_prefill_paths.py $PREFILL_ARGS (fused Triton stages vs grouped GEMMs)
 # check:        tools/gpu_check.py $CHECK_ARGS (kernel correctness, 251 cases, resumable)
 # profile:      per-kernel profiles of layers (bench_moe_layer.py --profile $PROFILE)
 # profile_decode: tools/profile_decode.py $PROFILE_DECODE_ARGS (kernel time per generated token)
@@ -60,6 +61,10 @@ for step in ${STEPS:-tests}; do
     cross)
       resume bench_route_sort
       timeout ${CROSS_S:-90} python3 benchmarks/bench_route_sort.py --out "$(res bench_route_sort)" 2>&1 | filt 30 ;;
+    prefill)
+      resume prefill_paths
+      timeout ${PREFILL_S:-300} python3 benchmarks/bench_prefill_paths.py ${PREFILL_ARGS:-} --budget-s $(( ${PREFILL_S:-300} - 60 )) \
+        --out "$(res prefill_paths)" 2>&1 | filt 30 ;;
     check)
       resume gpu_check
       timeout ${CHECK_S:-200} python3 tools/gpu_check.py ${CHECK_ARGS:-} --budget-s $(( ${CHECK_S:-200} - 30 )) \

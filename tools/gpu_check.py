@@ -152,6 +152,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--budget-s", type=float, default=240)
+    p.add_argument("--min-tokens", type=int, default=0, help="only cases with T >= this (e.g. the prefill paths)")
     args = p.parse_args()
     rows = json.load(open(args.out)) if args.out and os.path.exists(args.out) else []
     done = {(r["layer"], r["T"], r["routing"], r["router"]) for r in rows}
@@ -160,7 +161,7 @@ def main():
     weights = Weights()
     left = 0
     for case in cases(args.quick):
-        if (case[0], case[6], case[7], case[8]) in done:
+        if (case[0], case[6], case[7], case[8]) in done or case[6] < args.min_tokens:
             continue
         if time.time() - start > args.budget_s:
             left += 1

@@ -239,11 +239,17 @@ def experts_sorted_triton(
     b13, b2, activation, gate_up_interleaved, alpha, limit, config: ExpertsConfig | None = None,
     every_pair_routed: bool = False, w3=None,
 ):
-    """``every_pair_routed``: the caller knows that every (token, slot) pair is in the sorted layout (ids
+    """Fused Triton stages, or from ``MIN_ROWS_PER_EXPERT`` rows per expert on the grouped GEMMs
+    (``experts_grouped.py``). ``every_pair_routed``: the caller knows that every (token, slot) pair is in the sorted layout (ids
     from a router, no expert mask), so no row of the [T*k, H] buffer needs zeroing first. ``w3``: separate
     up weights (``w13`` is then the gate projection alone)."""
+    from .experts_grouped import experts_grouped_mm, use_grouped_mm
+
     tokens, hidden_dim = hidden.shape
     inter = w2.shape[2]
+    if use_grouped_mm(tokens, top_k, w13.shape[0], hidden, w13, w2, w3):  # prefill, many rows per expert
+        return experts_grouped_mm(hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w13, w2,
+                                  top_k, block_m, b13, b2, activation, gate_up_interleaved, alpha, limit)
     if config is None:
         config = pick_config(tokens, top_k, w13.shape[0], hidden_dim, inter, hidden.dtype, block_m=block_m)
     act = torch.empty(sorted_token_ids.shape[0], inter, dtype=hidden.dtype, device=hidden.device)

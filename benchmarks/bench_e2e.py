@@ -36,6 +36,8 @@ def run_one(model, batch, args):
     row = json.load(open(path))
     os.remove(path)
     row.update(model=model, wall_s=time.time() - t0, prompt_len=args.prompt_len, new_tokens=args.new_tokens)
+    if args.extra:
+        row["extra"] = args.extra
     return row
 
 
@@ -44,7 +46,7 @@ def summary(row):
     if "inductor" not in v or "inductor_moe" not in v:
         return f"{row['model']} batch {row['batch']}: {row.get('error', 'incomplete')}"
     base, ours = v["inductor"], v["inductor_moe"]
-    return (f"{row['model']} batch {row['batch']} prompt {row.get('prompt_len', 512)}: decode {ours['decode_step_ms']:.2f} ms/step vs plain compile "
+    return (f"{row['model']} batch {row['batch']} prompt {row.get('prompt_len', 512)}{' ' + row['extra'] if row.get('extra') else ''}: decode {ours['decode_step_ms']:.2f} ms/step vs plain compile "
             f"{base['decode_step_ms']:.2f} ({base['decode_step_ms'] / ours['decode_step_ms']:.2f}x), prefill "
             f"{ours['prefill_ms']:.1f} vs {base['prefill_ms']:.1f} ms, tok/s {ours['tokens_per_s']:.0f} vs "
             f"{base['tokens_per_s']:.0f}, eager {v['eager']['decode_step_ms']:.2f} ms/step; agreement "
@@ -66,13 +68,14 @@ def main():
     p.add_argument("--timeout-s", type=float, default=420)
     args = p.parse_args()
     rows = json.load(open(args.out)) if os.path.exists(args.out) else []
-    key = lambda r: (r["model"], r["batch"], r.get("prompt_len", 512), r.get("new_tokens", 64))  # noqa: E731
+    key = lambda r: (r["model"], r["batch"], r.get("prompt_len", 512), r.get("new_tokens", 64),  # noqa: E731
+                     r.get("extra", ""))
     done = {key(r) for r in rows if "error" not in r}
     rows = [r for r in rows if "error" not in r]
     end = time.time() + args.budget_s
     for model in args.models.split(","):
         for batch in map(int, args.batches.split(",")):
-            if (model, batch, args.prompt_len, args.new_tokens) in done:
+            if (model, batch, args.prompt_len, args.new_tokens, args.extra) in done:
                 continue
             if time.time() > end:
                 print(f"budget spent: {model} batch {batch} left for the next call")

@@ -10,6 +10,8 @@ applies inductor_moe, and runs ``generate()`` in graph mode (static cache, ``Com
                    enable   inductor_moe.enable() + the default backend (the graph pass, process-wide)
                    experts  experts_implementation="inductor_moe" + the default backend (the op is called
                             by the model's experts modules; no graph pass, works with no compile too)
+                   both     backend and experts together: the eager prefill (HF compiles only the decode
+                            step) runs the fused op too, and the compiled decode step is rewritten
 
 and prints what was replaced (``inductor_moe.events()``), tokens/s, prefill time and time per decode step side
 by side, and the agreement with eager: the relative L2 error of the logits of the first token the compiled
@@ -89,7 +91,7 @@ def build_parser(family: Family) -> argparse.ArgumentParser:
                    help="CPU threads (torch.set_num_threads); default 1 for --size tiny on the CPU, where "
                    "matrices are too small to split and a busy machine makes threads wait on each other")
     g = p.add_argument_group("inductor_moe")
-    g.add_argument("--entry", choices=("backend", "enable", "experts"), default="backend",
+    g.add_argument("--entry", choices=("backend", "enable", "experts", "both"), default="backend",
                    help="how inductor_moe is applied (see the module docstring; default backend)")
     g.add_argument("--mode", default=None,
                    help="torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
@@ -351,7 +353,7 @@ def run_variant(model, name, args, device, prompt, say, show):
     if name == "inductor":
         backend = "inductor"
     elif name == "inductor_moe":
-        backend = "inductor_moe" if args.entry == "backend" else "inductor"
+        backend = "inductor_moe" if args.entry in ("backend", "both") else "inductor"
         inductor_moe.reset_stats()
         # GPT-OSS's transposed expert weights: same values, reduction axis contiguous (faster decode GEMVs).
         # In place; inductor_moe runs last, so the other variants see the model as loaded.
@@ -360,7 +362,7 @@ def run_variant(model, name, args, device, prompt, say, show):
             say(f"[{name}] use_kernel_layout: {len(restrided)} expert weights re-stored K-contiguous")
         if args.entry == "enable":
             inductor_moe.enable()
-        elif args.entry == "experts":
+        elif args.entry in ("experts", "both"):
             imhf.register_experts_implementation()
             model.set_experts_implementation(imhf.IMPLEMENTATION)
     _set_compile(model, backend, mode, device)
@@ -383,7 +385,7 @@ def run_variant(model, name, args, device, prompt, say, show):
         if name == "inductor_moe":
             if args.entry == "enable":
                 inductor_moe.disable()
-            elif args.entry == "experts":
+            elif args.entry in ("experts", "both"):
                 model.set_experts_implementation(saved_impl)
         _set_compile(model, None, mode, device)
     return out, timing
@@ -532,7 +534,8 @@ def main(family: Family, argv=None) -> int:
     if "inductor_moe" in results:
         entry_desc = {"backend": 'CompileConfig(backend="inductor_moe")',
                       "enable": "inductor_moe.enable() + the default backend",
-                      "experts": 'experts_implementation="inductor_moe" + the default backend'}[args.entry]
+                      "experts": 'experts_implementation="inductor_moe" + the default backend',
+                      "both": 'CompileConfig(backend="inductor_moe") + experts_implementation="inductor_moe"'}[args.entry]
         say(f"inductor_moe via --entry {args.entry}: {entry_desc}")
         if args.entry == "experts":
             say("replaced (the experts modules call the op; no graph pass runs):")

@@ -31,8 +31,9 @@ def _assert_agrees(result, tol=1e-4):
     assert r["decode_step_ms"] > 0 and r["tokens_per_s"] > 0
 
 
-@pytest.mark.parametrize("entry", ["backend", "enable"])
+@pytest.mark.parametrize("entry", ["backend", "enable", "both"])
 def test_qwen3_moe_every_block_replaced(entry, tmp_path):
+    """both: the experts modules call the op (eager prefill) and the compiled decode graph is still fused."""
     rc, result = _run(qwen3_moe, tmp_path, "--entry", entry)
     assert rc == 0
     _assert_agrees(result)

@@ -33,9 +33,16 @@ def anchors(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if _fx.is_op(n, torch.ops.inductor_moe.experts.default)]
 
 
+def _extras(experts: Node) -> dict:
+    """The experts call's arguments after (hidden, ids, weights, w13, w2) by schema name, positional or not
+    (HF's experts integration passes the biases and the activation spec positionally)."""
+    names = [a.name for a in torch.ops.inductor_moe.experts.default._schema.arguments]
+    return {**dict(zip(names[5:], experts.args[5:])), **experts.kwargs}
+
+
 def match(experts: Node) -> FuseMatch:
-    if len(experts.args) != 5 or experts.kwargs.get("expert_mask") is not None:
-        fail("experts call with an expert mask or positional extras", experts)
+    if _extras(experts).get("expert_mask") is not None:
+        fail("experts call with an expert mask", experts)
     ids, weights = experts.args[1], experts.args[2]
     route_ids, i = _route_output(ids)
     route_w, j = _route_output(weights)
@@ -66,10 +73,10 @@ def _describe(node) -> str:
 
 
 def replace(graph: Graph, m: FuseMatch) -> Node:
-    hidden, _, _, w13, w2 = m.anchor.args
+    hidden, _, _, w13, w2 = m.anchor.args[:5]
     logits, top_k = m.route.args[:2]
     # biases, activation spec and w3 (separate up weights) go through as they are
-    kwargs = {**m.route.kwargs, **{k: v for k, v in m.anchor.kwargs.items() if k != "expert_mask"}}
+    kwargs = {**m.route.kwargs, **{k: v for k, v in _extras(m.anchor).items() if k != "expert_mask"}}
     with graph.inserting_before(m.anchor):
         out = _fx.call(graph, torch.ops.inductor_moe.moe.default, (hidden, logits, w13, w2, top_k), kwargs,
                        meta_from=m.anchor)

@@ -71,6 +71,17 @@ def test_family_experts_entry_agrees_with_eager(module, tmp_path):
     _assert_agrees(result)
 
 
+def test_gpt_oss_both_entry_fuses_every_layer(tmp_path):
+    """HF's experts integration calls the op with the biases and the activation spec positionally (GPT-OSS):
+    fuse_moe still turns router + experts into one moe op per layer."""
+    rc, result = _run(gpt_oss, tmp_path, "--entry", "both")
+    assert rc == 0
+    _assert_agrees(result)
+    fused = {e["module"] for e in result["events"] if e["matched"] and e["pattern"] == "moe_fused"}
+    assert fused == {f"model.layers.{i}.mlp.experts" for i in range(result["moe_layers"])}
+    assert result["rejected"] == []
+
+
 def test_a_disagreement_fails(tmp_path, monkeypatch):
     """The exit status and 'ok' really depend on the numbers: perturb the experts op, expect exit 1."""
     from inductor_moe import dispatch

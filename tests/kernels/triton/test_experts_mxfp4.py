@@ -162,8 +162,12 @@ def test_zero_tokens_and_bad_tiles():
 def test_path_choice_and_config(monkeypatch):
     """T*k small next to E: the decode GEMVs; otherwise sort + the sorted path (E=32, k=4: only T=1)."""
     calls = []
-    monkeypatch.setattr(mx, "experts_mxfp4_decode_triton", lambda *a, **k: calls.append(("decode", len(a[0]))))
+    from inductor_moe.kernels.triton import experts_mxfp4_decode as v2
+
+    monkeypatch.setattr(mx, "experts_mxfp4_decode_triton", lambda *a, **k: calls.append(("decode v1", len(a[0]))))
+    monkeypatch.setattr(v2, "experts_mxfp4_decode_v2", lambda *a, **k: calls.append(("decode", len(a[0]))))
     monkeypatch.setattr(mx, "experts_mxfp4_sorted_triton", lambda *a, **k: calls.append(("sorted", len(a[0]))))
+    monkeypatch.delenv(v2.ENV, raising=False)
     for T in (1, 2, 40):
         x, ids, weights, q, _, _ = _case(T, 32, 4, 32, 32, torch.float32, False)
         mx.experts_mxfp4_triton(x, ids, weights, *q, None, None, "silu", False, 1.702, 7.0)

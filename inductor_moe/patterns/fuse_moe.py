@@ -33,11 +33,11 @@ def anchors(graph: Graph) -> list[Node]:
     return [n for n in graph.nodes if _fx.is_op(n, torch.ops.inductor_moe.experts.default)]
 
 
-def _extras(experts: Node) -> dict:
-    """The experts call's arguments after (hidden, ids, weights, w13, w2) by schema name, positional or not
-    (HF's experts integration passes the biases and the activation spec positionally)."""
-    names = [a.name for a in torch.ops.inductor_moe.experts.default._schema.arguments]
-    return {**dict(zip(names[5:], experts.args[5:])), **experts.kwargs}
+def _extras(node: Node, leading: int = 5) -> dict:
+    """A call's arguments after its first ``leading`` ones, by schema name, positional or not (HF's experts
+    integration passes the biases and the activation spec of ``experts`` positionally)."""
+    names = [a.name for a in node.target._schema.arguments]
+    return {**dict(zip(names[leading:], node.args[leading:])), **node.kwargs}
 
 
 def match(experts: Node) -> FuseMatch:
@@ -76,7 +76,7 @@ def replace(graph: Graph, m: FuseMatch) -> Node:
     hidden, _, _, w13, w2 = m.anchor.args[:5]
     logits, top_k = m.route.args[:2]
     # biases, activation spec and w3 (separate up weights) go through as they are
-    kwargs = {**m.route.kwargs, **{k: v for k, v in _extras(m.anchor).items() if k != "expert_mask"}}
+    kwargs = {**_extras(m.route, 2), **{k: v for k, v in _extras(m.anchor).items() if k != "expert_mask"}}
     with graph.inserting_before(m.anchor):
         out = _fx.call(graph, torch.ops.inductor_moe.moe.default, (hidden, logits, w13, w2, top_k), kwargs,
                        meta_from=m.anchor)

@@ -21,11 +21,12 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from inductor_moe.kernels.reference import route_ref  # noqa: E402
 from inductor_moe.kernels.reference.experts_mxfp4 import experts_mxfp4_ref  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4 as mx  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4_decode as v2  # noqa: E402
-from inductor_moe.quant.mxfp4 import code_values, quantize_mxfp4, scale_values  # noqa: E402
+from inductor_moe.quant.mxfp4 import code_values, scale_values  # noqa: E402
+
+from .test_experts_mxfp4 import _case, _err  # noqa: E402  (the same cases as the other MXFP4 kernels)
 
 SPECS = {  # activation, interleaved, bias
     "silu": ("silu", False, False),
@@ -33,24 +34,6 @@ SPECS = {  # activation, interleaved, bias
     "swiglu_oai": ("swiglu_oai", True, True),
 }
 TAILS = dict(tiles1=(64, 64, 4), tiles2=(64, 64, 4))  # H = I = 96: a masked K step and a half row tile
-
-
-def _case(T, E, k, H, I, dtype, bias, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(T, H, generator=g).to(dtype)
-    logits = torch.randn(T, E, generator=g)
-    w13 = torch.randn(E, 2 * I, H, generator=g) * torch.exp2(-torch.randint(1, 7, (E, 2 * I, 1), generator=g).float())
-    w2 = torch.randn(E, H, I, generator=g) * 0.2
-    q13, s13 = quantize_mxfp4(w13)
-    q2, s2 = quantize_mxfp4(w2)
-    b13 = (torch.randn(E, 2 * I, generator=g) * 0.2).to(dtype) if bias else None
-    b2 = (torch.randn(E, H, generator=g) * 0.2).to(dtype) if bias else None
-    weights, ids = route_ref(logits, k)
-    return x, ids, weights, [q13, q2, s13, s2], b13, b2
-
-
-def _err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12)).item()
 
 
 @triton.jit

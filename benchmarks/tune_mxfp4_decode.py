@@ -100,6 +100,10 @@ def eager_once_us(fn, inputs):
     return (time.perf_counter() - start) * 1e6 / len(inputs)
 
 
+def parse_tiles(text):
+    return [tuple(int(v) for v in t.split(",")) for t in text.split(";") if t.strip()]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--layers", default="gpt_oss,qwen3")
@@ -107,6 +111,8 @@ def main():
     p.add_argument("--out", default="tune_mxfp4_decode.json")
     p.add_argument("--budget-s", type=float, default=500, help="stop starting new (layer, T) after this long")
     p.add_argument("--dry-run", action="store_true", help="tiny layers on the CPU (set TRITON_INTERPRET=1)")
+    p.add_argument("--up-tiles", default=None, help="replace the up sweep: 'bn,bk,warps;bn,bk,warps;...'")
+    p.add_argument("--down-tiles", default=None, help="replace the down sweep, same form")
     args = p.parse_args()
     if args.dry_run:
         if os.environ.get("TRITON_INTERPRET") != "1":
@@ -123,6 +129,10 @@ def main():
 
         device, layers, timer, n_sets = "cuda", LAYERS, graph_time_us, 8
         up_tiles, down_tiles, variants = UP_TILES, DOWN_TILES, VARIANTS
+        if args.up_tiles:
+            up_tiles = parse_tiles(args.up_tiles)
+        if args.down_tiles:
+            down_tiles = parse_tiles(args.down_tiles)
         tokens = [int(t) for t in args.tokens.split(",")]
     start = time.time()
     rows, summary = [], []

@@ -39,8 +39,10 @@ up rows against the token's hidden row and writes ``act`` [T*k, I]; ``_decode_do
 tile of hidden columns) loops over the token's k slots, so the combine happens in registers in slot order
 and [T, H] is written once. Pairs whose id is outside [0, E) or masked out are skipped.
 
-"v1" and the decode path verified on an H100 (tools/gpu_check_mxfp4.py, 112/112 cases); "bits" and
-"dot_scaled" not yet run on a GPU (benchmarks/bench_mxfp4.py --sorted-variants compares all three).
+Verified on an H100 (tools/gpu_check_mxfp4.py, 112/112 cases each): "v1", the decode path and "bits" (session 5,
+with ``INDUCTOR_MOE_MXFP4_SORTED=bits``). ``benchmarks/bench_mxfp4.py --sorted-variants`` on the H100, GPT-OSS-20B
+layer with routing, us, v1 / bits / dot_scaled (bf16 ``experts``): T=8 729 / 220 / 308 (380), T=64 1016 / 306 /
+441 (571), T=512 2404 / 656 / 1067 (835), T=4096 9906 / 3105 / 5306 (1710): "bits" is the default.
 """
 from __future__ import annotations
 
@@ -462,8 +464,8 @@ def mxfp4_config(tokens: int, top_k: int, num_experts: int, hidden: int, inter: 
                  variant: str = "v1") -> ExpertsConfig:
     """Tiles of the sorted path. "v1": the untuned bf16 heuristic (``configs.default_config``), with the K
     tiles a power of two >= 32 (whole scale blocks, and tl.arange over BLOCK_K/32 scales). "bits" /
-    "dot_scaled": untuned guesses from sm_90 builds (registers, shared memory, SASS per weight; not yet timed
-    on a GPU). The block's tokens are the MMA's N, so row blocks stay small while an expert gets a few rows
+    "dot_scaled": guesses from sm_90 builds (registers, shared memory, SASS per weight), timed on an H100 as
+    they are (session 5) but not swept. The block's tokens are the MMA's N, so row blocks stay small while an expert gets a few rows
     (16 up to 16 rows per expert, 32 up to 40, then 64: fewer, larger blocks decode each weight fewer times
     but waste MMA work on padding, and at 64 rows the MMA already takes about as long as the decode), and
     BLOCK_N >= 64 per warpgroup (wgmma's M: the weight rows). "bits" stage 1 takes 64 columns (= 128 rows

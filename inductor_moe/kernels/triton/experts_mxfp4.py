@@ -147,15 +147,10 @@ def _e2m1_bits_pair(src, A: tl.constexpr, scale, BF16: tl.constexpr):
 
 
 @triton.jit
-def _mxfp4_tile_bits(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_sk,
-                     BLOCK_K: tl.constexpr, BF16: tl.constexpr, MASK_K: tl.constexpr):
-    """[R rows, BLOCK_K] dequantized weight tile of the "bits" path, in bf16 (BF16) or f32, columns in the
-    order of ``_bits_act_order``. ``rows`` must be in range (callers clamp them; the extra rows are never
-    stored); columns past K are zeros when MASK_K (the last, partial K step). Loads the packed bytes as int32
-    words (K-contiguous rows, byte strides multiples of 4: ``supports_bits_layout``) and the E8M0 byte b of
-    each 32 columns as the bf16 (f32) number 2**(b - 127): bit pattern b << 7 (b << 23); 0x40 (1 << 22), the
-    subnormal 2**-127, for b = 0; NaN for 255."""
-    R: tl.constexpr = rows.shape[0]
+def _bits_load(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K: tl.constexpr,
+               MASK_K: tl.constexpr):
+    """The raw operands of one "bits" weight tile: int32 words [R, BLOCK_K/8] and E8M0 bytes [R, BLOCK_K/32]
+    (``_mxfp4_tile_bits`` without the decode, so that a loop can issue the next step's loads first)."""
     offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
     w_ptrs = q_base.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride_qn // 4) + offs_w[None, :]
     offs_g = k0 // 32 + tl.arange(0, BLOCK_K // 32)
@@ -166,6 +161,13 @@ def _mxfp4_tile_bits(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_s
     else:
         words = tl.load(w_ptrs)
         b = tl.load(s_ptrs)
+    return words, b
+
+
+@triton.jit
+def _bits_decode(words, b, BLOCK_K: tl.constexpr, BF16: tl.constexpr):
+    """Words and scale bytes of ``_bits_load`` -> the [R, BLOCK_K] tile of ``_mxfp4_tile_bits``."""
+    R: tl.constexpr = words.shape[0]
     b = b.to(tl.int32)
     if BF16:
         bits = tl.where(b == 0, 0x40, tl.where(b == 255, 0x7FC0, b << 7))
@@ -184,32 +186,56 @@ def _mxfp4_tile_bits(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_s
 
 
 @triton.jit
-def _bits_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k0, K, stride_qn, stride_sn, stride_sk,
-               acc_a, acc_b, TWO: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-               BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
-    """One K step of the "bits" path on transposed accumulators [BLOCK_N, BLOCK_M]: W tile @ x.T."""
+def _mxfp4_tile_bits(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_sk,
+                     BLOCK_K: tl.constexpr, BF16: tl.constexpr, MASK_K: tl.constexpr):
+    """[R rows, BLOCK_K] dequantized weight tile of the "bits" path, in bf16 (BF16) or f32, columns in the
+    order of ``_bits_act_order``. ``rows`` must be in range (callers clamp them; the extra rows are never
+    stored); columns past K are zeros when MASK_K (the last, partial K step). Loads the packed bytes as int32
+    words (K-contiguous rows, byte strides multiples of 4: ``supports_bits_layout``) and the E8M0 byte b of
+    each 32 columns as the bf16 (f32) number 2**(b - 127): bit pattern b << 7 (b << 23); 0x40 (1 << 22), the
+    subnormal 2**-127, for b = 0; NaN for 255."""
+    words, b = _bits_load(q_base, s_base, rows, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K, MASK_K)
+    return _bits_decode(words, b, BLOCK_K, BF16)
+
+
+@triton.jit
+def _bits_load_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k0, K, stride_qn, stride_sn, stride_sk,
+                    TWO: tl.constexpr, BLOCK_K: tl.constexpr, MASK_K: tl.constexpr):
+    """Every load of one K step of the "bits" path: (activations [BLOCK_M, BLOCK_K], words and scale bytes of
+    rows_a, of rows_b when TWO, else rows_a's again)."""
     offs_k = k0 + tl.arange(0, BLOCK_K)
     if MASK_K:
         a = tl.load(x_rows + offs_k[None, :] * stride_xk, mask=(offs_k < K)[None, :], other=0.0)
     else:
         a = tl.load(x_rows + offs_k[None, :] * stride_xk)
+    wa, ba = _bits_load(q_base, s_base, rows_a, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K, MASK_K)
+    if TWO:
+        wb, bb = _bits_load(q_base, s_base, rows_b, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K, MASK_K)
+    else:
+        wb, bb = wa, ba
+    return a, wa, ba, wb, bb
+
+
+@triton.jit
+def _bits_mma_step(a, wa, ba, wb, bb, acc_a, acc_b, TWO: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Decode and multiply one K step of the "bits" path on transposed accumulators [BLOCK_N, BLOCK_M]:
+    W tile @ x.T."""
     if UPCAST:  # the interpreter's bf16/fp16 dot is wrong: compute it in f32 there
         a = a.to(tl.float32)
     at = tl.trans(_bits_act_order(a, BLOCK_K))
     # bf16 activations: decode to bf16; else (and in the interpreter, whose bf16 math is wrong too) f32, cast
-    wa = _mxfp4_tile_bits(q_base, s_base, rows_a, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K,
-                          a.dtype == tl.bfloat16, MASK_K).to(a.dtype)
+    w = _bits_decode(wa, ba, BLOCK_K, a.dtype == tl.bfloat16).to(a.dtype)
     if IEEE:
-        acc_a = tl.dot(wa, at, acc_a, input_precision="ieee")
+        acc_a = tl.dot(w, at, acc_a, input_precision="ieee")
     else:
-        acc_a = tl.dot(wa, at, acc_a)
+        acc_a = tl.dot(w, at, acc_a)
     if TWO:
-        wb = _mxfp4_tile_bits(q_base, s_base, rows_b, k0, K, stride_qn, stride_sn, stride_sk, BLOCK_K,
-                              a.dtype == tl.bfloat16, MASK_K).to(a.dtype)
+        w = _bits_decode(wb, bb, BLOCK_K, a.dtype == tl.bfloat16).to(a.dtype)
         if IEEE:
-            acc_b = tl.dot(wb, at, acc_b, input_precision="ieee")
+            acc_b = tl.dot(w, at, acc_b, input_precision="ieee")
         else:
-            acc_b = tl.dot(wb, at, acc_b)
+            acc_b = tl.dot(w, at, acc_b)
     return acc_a, acc_b
 
 
@@ -231,7 +257,7 @@ def _packed_kn(q_base, s_base, rows, row_ok, k0, K, stride_qn, stride_qk, stride
 def _mxfp4_gemm(x_rows, stride_xk, row_ok, q_base, s_base, rows_a, rows_b, n_ok, K,
                 stride_qn, stride_qk, stride_sn, stride_sk,
                 TWO: tl.constexpr, DEQUANT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr = False):
     """(x @ W[rows_a].T, x @ W[rows_b].T if TWO) over the whole K, f32 [BLOCK_M, BLOCK_N]: ``x_rows`` are
     the row pointers of the activations (masked by ``row_ok``), W the packed weight at ``q_base``/``s_base``.
     DEQUANT 0 ("v1"): ``_mxfp4_tile`` in f32, cast to the activation dtype, tl.dot. 1 ("bits"):
@@ -246,12 +272,26 @@ def _mxfp4_gemm(x_rows, stride_xk, row_ok, q_base, s_base, rows_a, rows_b, n_ok,
         acc_a = tl.trans(acc_a)
         acc_b = tl.trans(acc_b)
         k_main = K - K % BLOCK_K
-        for k0 in range(0, k_main, BLOCK_K):
-            acc_a, acc_b = _bits_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k0, K, stride_qn,
-                                      stride_sn, stride_sk, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K, False)
+        if PREFETCH:  # the loads of step i + 1 are issued before step i is decoded: two steps in flight
+            if k_main > 0:
+                a, wa, ba, wb, bb = _bits_load_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, 0, K,
+                                                    stride_qn, stride_sn, stride_sk, TWO, BLOCK_K, False)
+                for k0 in range(BLOCK_K, k_main, BLOCK_K):
+                    na, nwa, nba, nwb, nbb = _bits_load_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b,
+                                                             k0, K, stride_qn, stride_sn, stride_sk, TWO,
+                                                             BLOCK_K, False)
+                    acc_a, acc_b = _bits_mma_step(a, wa, ba, wb, bb, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K)
+                    a, wa, ba, wb, bb = na, nwa, nba, nwb, nbb
+                acc_a, acc_b = _bits_mma_step(a, wa, ba, wb, bb, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K)
+        else:
+            for k0 in range(0, k_main, BLOCK_K):
+                a, wa, ba, wb, bb = _bits_load_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k0, K,
+                                                    stride_qn, stride_sn, stride_sk, TWO, BLOCK_K, False)
+                acc_a, acc_b = _bits_mma_step(a, wa, ba, wb, bb, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K)
         if k_main < K:
-            acc_a, acc_b = _bits_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k_main, K, stride_qn,
-                                      stride_sn, stride_sk, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K, True)
+            a, wa, ba, wb, bb = _bits_load_step(x_rows, stride_xk, q_base, s_base, rows_a, rows_b, k_main, K,
+                                                stride_qn, stride_sn, stride_sk, TWO, BLOCK_K, True)
+            acc_a, acc_b = _bits_mma_step(a, wa, ba, wb, bb, acc_a, acc_b, TWO, UPCAST, IEEE, BLOCK_K)
         acc_a = tl.trans(acc_a)
         acc_b = tl.trans(acc_b)
     else:
@@ -297,7 +337,7 @@ def _stage1_kernel(
     alpha, limit,
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr, UPCAST: tl.constexpr,
     IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, DEQUANT: tl.constexpr = 0,
+    GROUP_M: tl.constexpr, DEQUANT: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
     pid_m, pid_n = _tile(num_blocks, I, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(nv_ptr):
@@ -319,7 +359,7 @@ def _stage1_kernel(
         x_rows = x_ptr + token.to(tl.int64)[:, None] * stride_xt
     acc_g, acc_u = _mxfp4_gemm(x_rows, stride_xk, row_ok, q_base, s_base, wg_rows, wu_rows, n_ok, K,
                                stride_qn, stride_qk, stride_sn, stride_sk, True, DEQUANT, UPCAST, IEEE,
-                               BLOCK_M, BLOCK_N, BLOCK_K)
+                               BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
     if HAS_BIAS:
         b_base = b_ptr + expert * stride_be
         acc_g += tl.load(b_base + gate_rows * stride_bn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -336,7 +376,7 @@ def _stage2_kernel(
     stride_am, stride_qe, stride_qn, stride_qk, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_or,
     HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    DEQUANT: tl.constexpr = 0,
+    DEQUANT: tl.constexpr = 0, PREFETCH: tl.constexpr = False,
 ):
     pid_m, pid_n = _tile(num_blocks, N, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(nv_ptr):
@@ -358,7 +398,7 @@ def _stage2_kernel(
         w_rows = offs_n
     acc, _ = _mxfp4_gemm(a_rows, 1, row_ok, q_base, s_base, w_rows, w_rows, n_ok, K,
                          stride_qn, stride_qk, stride_sn, stride_sk, False, DEQUANT, UPCAST, IEEE,
-                         BLOCK_M, BLOCK_N, BLOCK_K)
+                         BLOCK_M, BLOCK_N, BLOCK_K, PREFETCH)
     if HAS_BIAS:
         acc += tl.load(b_ptr + expert * stride_be + offs_n * stride_bn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     acc = acc * tl.load(sw_ptr + offs_m)[:, None]
@@ -484,6 +524,17 @@ def mxfp4_config(tokens: int, top_k: int, num_experts: int, hidden: int, inter: 
     return ExpertsConfig(block_m, 64, 128, 4, 3, 64, 128, 4, 3, 8)
 
 
+PREFETCH_ENV = "INDUCTOR_MOE_MXFP4_PREFETCH"
+PREFETCH_DEFAULT = False
+
+
+def prefetch_default() -> bool:
+    """Whether the "bits" K loops issue the next step's loads before decoding the current one
+    (``$INDUCTOR_MOE_MXFP4_PREFETCH`` = 1 / 0, else ``PREFETCH_DEFAULT``)."""
+    env = os.environ.get(PREFETCH_ENV, "").strip()
+    return PREFETCH_DEFAULT if env == "" else env not in ("0", "false", "no")
+
+
 SORTED_VARIANTS = ("bits", "dot_scaled", "v1")
 DEQUANT_CODES = {"v1": 0, "bits": 1, "dot_scaled": 2}
 SORTED_ENV = "INDUCTOR_MOE_MXFP4_SORTED"
@@ -528,7 +579,7 @@ def _check_k_tile(block_k: int):
 def experts_mxfp4_sorted_triton(
     hidden, sorted_token_ids, sorted_weights, sorted_expert_ids, num_valid, w13_q, w2_q, w13_s, w2_s, top_k,
     block_m, b13, b2, activation, gate_up_interleaved, alpha, limit, config: ExpertsConfig | None = None,
-    dequant: str | None = None,
+    dequant: str | None = None, prefetch: bool | None = None,
 ):
     """Both stages over the sorted layout (``inductor_moe.ops.sort``) and the combine; out [T, H].
     ``dequant``: "bits" / "dot_scaled" / "v1" (``sorted_variant``; None: the env var or the default)."""
@@ -540,6 +591,9 @@ def experts_mxfp4_sorted_triton(
     _check_k_tile(config.k1)
     _check_k_tile(config.k2)
     code = DEQUANT_CODES[variant]
+    if prefetch is None:
+        prefetch = prefetch_default()
+    prefetch = bool(prefetch) and variant == "bits"
     if variant == "bits" and hidden.stride(1) != 1:  # its loads assume K-contiguous activations
         hidden = hidden.contiguous()
     blocks = sorted_token_ids.shape[0] // block_m
@@ -553,6 +607,7 @@ def experts_mxfp4_sorted_triton(
         float(alpha), float(limit),
         HAS_BIAS=b13 is not None, ACT=ACT_CODES[activation], INTERLEAVED=gate_up_interleaved, UPCAST=upcast,
         IEEE=ieee, BLOCK_M=block_m, BLOCK_N=config.n1, BLOCK_K=config.k1, GROUP_M=config.group_m, DEQUANT=code,
+        PREFETCH=prefetch,
         num_warps=config.warps1, num_stages=config.stages1,
     )
     # pairs the sort dropped (masked experts, ids outside [0, E)) leave their rows unwritten: zeros
@@ -564,6 +619,7 @@ def experts_mxfp4_sorted_triton(
         act.stride(0), *_strides(w2_q, w2_s), sb2e, sb2n, rows.stride(0),
         HAS_BIAS=b2 is not None, UPCAST=upcast, IEEE=ieee,
         BLOCK_M=block_m, BLOCK_N=config.n2, BLOCK_K=config.k2, GROUP_M=config.group_m, DEQUANT=code,
+        PREFETCH=prefetch,
         num_warps=config.warps2, num_stages=config.stages2,
     )
     if top_k == 1:
@@ -618,10 +674,11 @@ def experts_mxfp4_decode_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, 
 
 def experts_mxfp4_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2, activation, gate_up_interleaved,
                          alpha, limit, expert_mask=None, config: ExpertsConfig | None = None,
-                         path: str | None = None, dequant: str | None = None):
+                         path: str | None = None, dequant: str | None = None, prefetch: bool | None = None):
     """``experts_mxfp4``: the decode path while T*k is small next to E (``decode.use_decode``), else sort
     (through the dispatch) + the sorted path. ``path`` ("decode" / "sorted"), ``config`` and the sorted
-    path's ``dequant`` ("bits" / "dot_scaled" / "v1", ``sorted_variant``) force a choice (tests, tuning)."""
+    path's ``dequant`` ("bits" / "dot_scaled" / "v1", ``sorted_variant``) and ``prefetch`` (``prefetch_default``)
+    force a choice (tests, tuning)."""
     from ... import dispatch
 
     tokens, top_k = ids.shape
@@ -630,7 +687,7 @@ def experts_mxfp4_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2
         path = "decode" if use_decode(tokens, top_k, num_experts) else "sorted"
     spec = (b13, b2, activation, gate_up_interleaved, alpha, limit)
     if path == "decode":
-        from . import experts_mxfp4_decode as v2  # opt-in, unverified on a GPU: INDUCTOR_MOE_MXFP4_DECODE=v2
+        from . import experts_mxfp4_decode as v2  # the default; INDUCTOR_MOE_MXFP4_DECODE=v1 keeps version 1
         if v2.enabled() and v2.supports_layout(w13_q, w2_q):
             return v2.experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, *spec, expert_mask)
         return experts_mxfp4_decode_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, *spec, expert_mask)
@@ -642,7 +699,7 @@ def experts_mxfp4_triton(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2
     _, sort = dispatch.select("sort", ids.device, ids=ids, num_experts=num_experts, block_m=config.block_m)
     sorted_out = sort(ids, weights, num_experts, config.block_m, expert_mask)
     return experts_mxfp4_sorted_triton(hidden, *sorted_out, w13_q, w2_q, w13_s, w2_s, top_k, config.block_m, *spec,
-                                       config, variant)
+                                       config, variant, prefetch)
 
 
 def supports_experts_mxfp4(hidden=None, activation=None, **_) -> str | None:

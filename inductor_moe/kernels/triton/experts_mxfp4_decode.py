@@ -26,7 +26,7 @@ deterministic sum):
    picks exactly one term), [T, H] written once. Pairs with an id outside [0, E) or a masked expert are
    skipped by both kernels (the down kernel reads a clamped expert's rows and drops them with a where).
 
-Inner loop (``_up_step`` / ``_down_step``), per K step, on a tile of ``words`` [BLOCK_N, G, 4] int32
+Inner loop (``_up_load``/``_up_dot``, ``_down_load``/``_down_dot``), per K step, on a tile of ``words`` [BLOCK_N, G, 4] int32
 (G = BLOCK_K/32 groups; one group = 16 packed bytes = 4 little-endian words, nibble i of word w = element
 8w + i), loaded from the uint8 rows through an int32 pointer: one 16-byte vector load per (row, group), the
 row bases 16-byte aligned when the byte strides are (Triton specializes strides divisible by 16). Steps
@@ -147,16 +147,19 @@ def _load_words(q_rows, g_idx, w_idx, g_ok, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _group_scales(sums, s_rows, g0, KG, stride_sk, G: tl.constexpr, PRESCALE: tl.constexpr,
-                  MASKED: tl.constexpr):
-    """Group sums [BLOCK_N, G] times their E8M0 scales 2**(b - 127) (byte 0: 2**-127; 255: NaN), after the
-    2**62 that PRESCALE left out of the products (first: no underflow before the scale)."""
+def _scale_bytes(s_rows, g0, KG, stride_sk, G: tl.constexpr, MASKED: tl.constexpr):
+    """[BLOCK_N, G] E8M0 bytes of the groups g0 .. g0+G of rows ``s_rows`` (127, i.e. 1.0, past the end)."""
     offs = g0 + tl.arange(0, G)
     ptrs = s_rows[:, None] + offs[None, :] * stride_sk
     if MASKED:
-        b = tl.load(ptrs, mask=(offs < KG)[None, :], other=127)
-    else:
-        b = tl.load(ptrs)
+        return tl.load(ptrs, mask=(offs < KG)[None, :], other=127)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _apply_scales(sums, b, PRESCALE: tl.constexpr):
+    """Group sums [BLOCK_N, G] times their E8M0 scales 2**(b - 127) (byte 0: 2**-127; 255: NaN), after the
+    2**62 that PRESCALE left out of the products (first: no underflow before the scale)."""
     if PRESCALE:
         sums = sums * 4.611686018427388e+18  # 2**62
     return sums * _e8m0_to_f32(b)
@@ -186,18 +189,28 @@ def _dot_words2(wa, wb, x_base, g_idx, w_idx, g_ok, PREPPED: tl.constexpr, PRESC
 
 
 @triton.jit
-def _up_step(qg, qu, sg, su, x_base, g0, KG, stride_sk, G: tl.constexpr, PREPPED: tl.constexpr,
-             PRESCALE: tl.constexpr, MASKED: tl.constexpr):
-    """One K step of the gate and up rows: their scaled group sums, [BLOCK_N, G] each."""
+def _up_load(qg, qu, sg, su, g0, KG, stride_sk, G: tl.constexpr, MASKED: tl.constexpr):
+    """The weight loads of one up K step: gate and up words [BLOCK_N, G, 4] and scale bytes [BLOCK_N, G]."""
     g_idx = (g0 + tl.arange(0, G))[:, None]
     w_idx = tl.arange(0, 4)[None, :]
     g_ok = (g_idx < KG) & (w_idx < 4)
     wg = _load_words(qg, g_idx, w_idx, g_ok, MASKED)
     wu = _load_words(qu, g_idx, w_idx, g_ok, MASKED)
+    bg = _scale_bytes(sg, g0, KG, stride_sk, G, MASKED)
+    bu = _scale_bytes(su, g0, KG, stride_sk, G, MASKED)
+    return wg, wu, bg, bu
+
+
+@triton.jit
+def _up_dot(wg, wu, bg, bu, x_base, g0, KG, G: tl.constexpr, PREPPED: tl.constexpr, PRESCALE: tl.constexpr,
+            MASKED: tl.constexpr):
+    """One K step of the gate and up rows from ``_up_load``'s operands: their scaled group sums, [BLOCK_N, G]
+    each."""
+    g_idx = (g0 + tl.arange(0, G))[:, None]
+    w_idx = tl.arange(0, 4)[None, :]
+    g_ok = (g_idx < KG) & (w_idx < 4)
     pg, pu = _dot_words2(wg, wu, x_base, g_idx, w_idx, g_ok, PREPPED, PRESCALE, MASKED)
-    sums_g = _group_scales(tl.sum(pg, axis=2), sg, g0, KG, stride_sk, G, PRESCALE, MASKED)
-    sums_u = _group_scales(tl.sum(pu, axis=2), su, g0, KG, stride_sk, G, PRESCALE, MASKED)
-    return sums_g, sums_u
+    return _apply_scales(tl.sum(pg, axis=2), bg, PRESCALE), _apply_scales(tl.sum(pu, axis=2), bu, PRESCALE)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -221,7 +234,7 @@ def _up_kernel(
     alpha, limit,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, INTERLEAVED: tl.constexpr,
     PREPPED: tl.constexpr, PRESCALE: tl.constexpr, ROUND_F16: tl.constexpr, ROUND_BF16: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     tile = pid // num_pairs  # tile-major: the pairs of one tile run side by side (shared experts hit L2)
@@ -251,12 +264,27 @@ def _up_kernel(
     acc_g = tl.zeros([BLOCK_N, G], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_N, G], dtype=tl.float32)
     full = KG - KG % G
-    for g0 in range(0, full, G):
-        dg, du = _up_step(qg, qu, sg, su, x_base, g0, KG, stride_sk, G, PREPPED, PRESCALE, False)
-        acc_g += dg
-        acc_u += du
+    if PREFETCH:  # each step's weight loads are issued before the previous step is decoded
+        if full > 0:
+            wg, wu, bg, bu = _up_load(qg, qu, sg, su, 0, KG, stride_sk, G, False)
+            for g0 in range(G, full, G):
+                nwg, nwu, nbg, nbu = _up_load(qg, qu, sg, su, g0, KG, stride_sk, G, False)
+                dg, du = _up_dot(wg, wu, bg, bu, x_base, g0 - G, KG, G, PREPPED, PRESCALE, False)
+                acc_g += dg
+                acc_u += du
+                wg, wu, bg, bu = nwg, nwu, nbg, nbu
+            dg, du = _up_dot(wg, wu, bg, bu, x_base, full - G, KG, G, PREPPED, PRESCALE, False)
+            acc_g += dg
+            acc_u += du
+    else:
+        for g0 in range(0, full, G):
+            wg, wu, bg, bu = _up_load(qg, qu, sg, su, g0, KG, stride_sk, G, False)
+            dg, du = _up_dot(wg, wu, bg, bu, x_base, g0, KG, G, PREPPED, PRESCALE, False)
+            acc_g += dg
+            acc_u += du
     if full < KG:  # the K tail, masked
-        dg, du = _up_step(qg, qu, sg, su, x_base, full, KG, stride_sk, G, PREPPED, PRESCALE, True)
+        wg, wu, bg, bu = _up_load(qg, qu, sg, su, full, KG, stride_sk, G, True)
+        dg, du = _up_dot(wg, wu, bg, bu, x_base, full, KG, G, PREPPED, PRESCALE, True)
         acc_g += dg
         acc_u += du
     hg = tl.sum(acc_g, axis=1)
@@ -277,20 +305,33 @@ def _up_kernel(
 
 
 @triton.jit
-def _down_step_slots(q_rows, s_rows, a_base, g0, KG, stride_sk, G: tl.constexpr, PRESCALE: tl.constexpr,
-                     MASKED: tl.constexpr):
-    """One K step of the down GEMV for all slots of a token at once: ``q_rows``/``s_rows`` [S, BLOCK_N]
-    row pointers (each slot its expert's rows), ``a_base`` [S, BLOCK_N] the slots' act rows (repeated
-    along the rows: a load of the words' shape gets the words' layout, no shuffles) -> scaled group sums
-    [S, BLOCK_N, G]. Every slot's loads are in flight together (k times the bytes per step)."""
+def _down_load(q_rows, s_rows, g0, KG, stride_sk, G: tl.constexpr, MASKED: tl.constexpr):
+    """The weight loads of one down K step: words [A, B, G, 4] int32 and scale bytes [A, B, G] of the row
+    pointers ``q_rows``/``s_rows`` [A, B] (one of A, B the slots, the other the rows)."""
     g_idx = (g0 + tl.arange(0, G))[:, None]
     w_idx = tl.arange(0, 4)[None, :]
     g_ok = (g_idx < KG) & (w_idx < 4)
     p = q_rows.to(tl.pointer_type(tl.int32))[:, :, None, None] + (g_idx * 4 + w_idx)[None, None, :, :]
+    offs = g0 + tl.arange(0, G)
+    sp = s_rows[:, :, None] + offs[None, None, :] * stride_sk
     if MASKED:
         words = tl.load(p, mask=g_ok[None, None, :, :], other=0)
+        b = tl.load(sp, mask=(offs < KG)[None, None, :], other=127)
     else:
         words = tl.load(p)
+        b = tl.load(sp)
+    return words, b
+
+
+@triton.jit
+def _down_dot(words, b, a_base, g0, KG, G: tl.constexpr, PRESCALE: tl.constexpr, MASKED: tl.constexpr):
+    """Scaled group sums [A, B, G] of one down K step: the words and scale bytes of ``_down_load`` against
+    the act rows ``a_base`` [A, B] (pointers repeated along the rows: a load of the words' shape gets the
+    words' layout, no shuffles; where rows sit in one thread's registers, its loads of equal addresses are
+    one load)."""
+    g_idx = (g0 + tl.arange(0, G))[:, None]
+    w_idx = tl.arange(0, 4)[None, :]
+    g_ok = (g_idx < KG) & (w_idx < 4)
     w8 = words >> 8
     acc = tl.zeros(words.shape, dtype=tl.float32)
     for a in tl.static_range(4):
@@ -308,15 +349,34 @@ def _down_step_slots(q_rows, s_rows, a_base, g0, KG, stride_sk, G: tl.constexpr,
             acc += _scaled(lo, PRESCALE) * xl
             acc += _scaled(hi, PRESCALE) * xh
     sums = tl.sum(acc, axis=3)
-    offs = g0 + tl.arange(0, G)
-    sp = s_rows[:, :, None] + offs[None, None, :] * stride_sk
-    if MASKED:
-        b = tl.load(sp, mask=(offs < KG)[None, None, :], other=127)
-    else:
-        b = tl.load(sp)
     if PRESCALE:
         sums = sums * 4.611686018427388e+18  # 2**62
     return sums * _e8m0_to_f32(b)
+
+
+@triton.jit
+def _down_loop(q_rows, s_rows, a_base, KG, stride_sk, G: tl.constexpr, PRESCALE: tl.constexpr,
+               PREFETCH: tl.constexpr):
+    """The whole K of the down GEMV -> scaled group sums [A, B, G] (summed over K steps in order). PREFETCH:
+    each step's weight loads are issued before the previous step is decoded (two steps in flight)."""
+    full = KG - KG % G
+    part = tl.zeros([q_rows.shape[0], q_rows.shape[1], G], dtype=tl.float32)
+    if PREFETCH:
+        if full > 0:
+            words, b = _down_load(q_rows, s_rows, 0, KG, stride_sk, G, False)
+            for g0 in range(G, full, G):
+                nwords, nb = _down_load(q_rows, s_rows, g0, KG, stride_sk, G, False)
+                part += _down_dot(words, b, a_base, g0 - G, KG, G, PRESCALE, False)
+                words, b = nwords, nb
+            part += _down_dot(words, b, a_base, full - G, KG, G, PRESCALE, False)
+    else:
+        for g0 in range(0, full, G):
+            words, b = _down_load(q_rows, s_rows, g0, KG, stride_sk, G, False)
+            part += _down_dot(words, b, a_base, g0, KG, G, PRESCALE, False)
+    if full < KG:
+        words, b = _down_load(q_rows, s_rows, full, KG, stride_sk, G, True)
+        part += _down_dot(words, b, a_base, full, KG, G, PRESCALE, True)
+    return part
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -326,13 +386,13 @@ def _down_kernel(
     stride_qe, stride_qn, stride_se, stride_sn, stride_sk, stride_be, stride_bn, stride_ot,
     HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, PRESCALE: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROWS_OUTER: tl.constexpr = False, PREFETCH: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     tile = pid // T  # tile-major: tokens sharing an expert read its rows side by side
     token = pid % T
     G: tl.constexpr = BLOCK_K // 32
     KG = K // 32
-    full = KG - KG % G
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # in bounds, never stored
@@ -344,22 +404,31 @@ def _down_kernel(
     expert = tl.minimum(tl.maximum(expert, 0), E - 1)  # skipped slots read expert 0..E-1 rows, never used
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + expert) != 0)
-    q_rows = q_ptr + expert[:, None] * stride_qe + rows[None, :] * stride_qn
-    s_rows = s_ptr + expert[:, None] * stride_se + rows[None, :] * stride_sn
-    # act rows of skipped pairs hold garbage: dropped by the where below
-    a_base = act_ptr + pairs[:, None] * K + (rows * 0)[None, :]
-    part = tl.zeros([BLOCK_S, BLOCK_N, G], dtype=tl.float32)
-    for g0 in range(0, full, G):
-        part += _down_step_slots(q_rows, s_rows, a_base, g0, KG, stride_sk, G, PRESCALE, False)
-    if full < KG:
-        part += _down_step_slots(q_rows, s_rows, a_base, full, KG, stride_sk, G, PRESCALE, True)
-    y = tl.sum(part, axis=2)  # [S, BLOCK_N]
-    if HAS_BIAS:
-        y += tl.load(b_ptr + expert[:, None] * stride_be + rows[None, :] * stride_bn).to(tl.float32)
-    y = tl.where(valid[:, None], tl.load(wts_ptr + pairs)[:, None] * y, 0.0)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for s in tl.static_range(BLOCK_S):  # slot order, deterministic (each masked sum is exactly one slot)
-        acc += tl.sum(tl.where((slots == s)[:, None], y, 0.0), axis=0)
+    wts = tl.load(wts_ptr + pairs)
+    if ROWS_OUTER:
+        # [BLOCK_N, S]: the layout spreads the (wide) K groups over lanes and the slots over warps first, so
+        # a thread's rows share its act registers (act loads per weight / BLOCK_N)
+        q_rows = q_ptr + expert[None, :] * stride_qe + rows[:, None] * stride_qn
+        s_rows = s_ptr + expert[None, :] * stride_se + rows[:, None] * stride_sn
+        a_base = act_ptr + pairs[None, :] * K + (rows * 0)[:, None]  # act rows of skipped pairs: dropped below
+        y = tl.sum(_down_loop(q_rows, s_rows, a_base, KG, stride_sk, G, PRESCALE, PREFETCH), axis=2)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + expert[None, :] * stride_be + rows[:, None] * stride_bn).to(tl.float32)
+        y = tl.where(valid[None, :], wts[None, :] * y, 0.0)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for s in tl.static_range(BLOCK_S):  # slot order, deterministic (each masked sum is exactly one slot)
+            acc += tl.sum(tl.where((slots == s)[None, :], y, 0.0), axis=1)
+    else:
+        q_rows = q_ptr + expert[:, None] * stride_qe + rows[None, :] * stride_qn
+        s_rows = s_ptr + expert[:, None] * stride_se + rows[None, :] * stride_sn
+        a_base = act_ptr + pairs[:, None] * K + (rows * 0)[None, :]  # act rows of skipped pairs: dropped below
+        y = tl.sum(_down_loop(q_rows, s_rows, a_base, KG, stride_sk, G, PRESCALE, PREFETCH), axis=2)
+        if HAS_BIAS:
+            y += tl.load(b_ptr + expert[:, None] * stride_be + rows[None, :] * stride_bn).to(tl.float32)
+        y = tl.where(valid[:, None], wts[:, None] * y, 0.0)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for s in tl.static_range(BLOCK_S):
+            acc += tl.sum(tl.where((slots == s)[:, None], y, 0.0), axis=0)
     tl.store(out_ptr + token.to(tl.int64) * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -386,23 +455,29 @@ def default_tiles(rows: int, k: int, programs: int = 1, slots: int = 1) -> tuple
     return block_n, 32 * g, warps
 
 
-def tuned_tiles(tokens: int, top_k: int) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
-    """(up tiles, down tiles) from ``benchmarks/tune_mxfp4_decode.py`` on an H200 (session 4; the GPT-OSS
-    layer E=32 k=4 H=I=2880 at T=1 and 8, the Qwen3-shaped one E=128 k=8 H=2048 I=768 at T=8). The winners
-    share a pattern: up tiles of 8 rows (2 warps with 256-wide K steps, 1 warp with 128 from ~32 pairs on),
-    down tiles of 2 rows x 128 for 4 slots and 1 row x 256 for 8 slots (both 32 words per lane set). Each
-    fits any K >= BLOCK_K (K tails are masked); smaller K and k <= 2 (no down winner) take ``default_tiles``."""
-    up = (8, 256, 2) if tokens * top_k < 32 else (8, 128, 1)
+def tuned_tiles(tokens: int, top_k: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(up tiles, down tiles) from ``benchmarks/tune_mxfp4_decode.py``. Session 4 (H200; the GPT-OSS layer
+    E=32 k=4 H=I=2880 at T=1 and 8, the Qwen3-shaped one E=128 k=8 H=2048 I=768 at T=8): up tiles of 8 rows
+    (2 warps with 256-wide K steps, 1 warp with 128 from ~32 pairs on), down tiles of 1 row x 256 for 8
+    slots. Session 5 (H100, GPT-OSS T=1, ``_check_tiles``'s flags): the up tile with prefetching (56.4 us
+    against 62.8 with the same down tile) and, for 4 slots, the rows-outer down tile of 8 rows x 512 with
+    prefetching (39.6 us in all against 50.5 for the best tile of session 4). Each fits any K >= BLOCK_K
+    (K tails are masked); smaller K and k <= 2 (no down winner) take ``default_tiles``."""
+    up = (8, 256, 2, 1) if tokens * top_k < 32 else (8, 128, 1)
     slots = triton.next_power_of_2(top_k)
-    down = (2, 128, 1) if slots == 4 else (1, 256, 1) if slots >= 8 else None  # k <= 2: default_tiles
+    down = (8, 512, 4, 1, 1) if slots == 4 else (1, 256, 1) if slots >= 8 else None  # k <= 2: default_tiles
     return up, down
 
 
 def _check_tiles(tiles):
-    bn, bk, warps = tiles
+    """(BLOCK_N, BLOCK_K, num_warps, prefetch, rows_outer) of a tiles tuple: 3 to 5 numbers, the last two
+    0 / 1 flags (0 when left out; rows_outer only means something to the down kernel)."""
+    if not 3 <= len(tiles) <= 5:
+        raise ValueError(f"tiles {tiles}: (BLOCK_N, BLOCK_K, num_warps[, prefetch[, rows_outer]])")
+    bn, bk, warps, prefetch, rows_outer = (tuple(tiles) + (0, 0))[:5]
     if bk < 32 or bk & (bk - 1) or bn < 1 or bn & (bn - 1):
         raise ValueError(f"tiles {tiles}: BLOCK_N and BLOCK_K powers of two, BLOCK_K >= 32")
-    return bn, bk, warps
+    return bn, bk, warps, bool(prefetch), bool(rows_outer)
 
 
 def experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13, b2, activation,
@@ -410,9 +485,10 @@ def experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13,
                             tiles1: tuple[int, int, int] | None = None,
                             tiles2: tuple[int, int, int] | None = None,
                             prep: bool = True, prescale: bool = True):
-    """The decode path, version 2: out [T, H]. ``tiles1``/``tiles2``: (BLOCK_N, BLOCK_K, num_warps) of the
-    up and down kernels (default ``default_tiles``); ``prep``: permute x in its own launch (else the up
-    kernel gathers it); ``prescale``: the 2**64 x scaling (else one FMUL per weight, exact for any x)."""
+    """The decode path, version 2: out [T, H]. ``tiles1``/``tiles2``: (BLOCK_N, BLOCK_K, num_warps[, prefetch[,
+    rows_outer]]) of the up and down kernels (default ``tuned_tiles``, else ``default_tiles``;
+    ``_check_tiles``); ``prep``: permute x in its own launch (else the up kernel gathers it); ``prescale``:
+    the 2**64 x scaling (else one FMUL per weight, exact for any x)."""
     tokens, hidden_dim = hidden.shape
     top_k = ids.shape[1]
     num_experts = w13_q.shape[0]
@@ -434,8 +510,8 @@ def experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13,
     if tiles2 is None:
         tiles2 = (tuned_down if tuned_down is not None and inter >= tuned_down[1]
                   else default_tiles(hidden_dim, inter, tokens, block_s))
-    bn1, bk1, warps1 = _check_tiles(tiles1)
-    bn2, bk2, warps2 = _check_tiles(tiles2)
+    bn1, bk1, warps1, pf1, _ = _check_tiles(tiles1)
+    bn2, bk2, warps2, pf2, outer2 = _check_tiles(tiles2)
     if prep:
         x = torch.empty(tokens, hidden_dim, dtype=torch.float32, device=device)
         _prep_x_kernel[(tokens, triton.cdiv(hidden_dim, 1024))](
@@ -454,7 +530,7 @@ def experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13,
         HAS_MASK=expert_mask is not None, HAS_BIAS=has_b13, ACT=ACT_CODES[activation],
         INTERLEAVED=gate_up_interleaved, PREPPED=prep, PRESCALE=prescale,
         ROUND_F16=hidden.dtype == torch.float16, ROUND_BF16=hidden.dtype == torch.bfloat16,
-        BLOCK_N=bn1, BLOCK_K=bk1, num_warps=warps1,
+        BLOCK_N=bn1, BLOCK_K=bk1, PREFETCH=pf1, num_warps=warps1,
     )
     has_b2 = b2 is not None
     bias2 = b2 if has_b2 else w2_s
@@ -464,6 +540,6 @@ def experts_mxfp4_decode_v2(hidden, ids, weights, w13_q, w2_q, w13_s, w2_s, b13,
         w2_q.stride(0), w2_q.stride(1), w2_s.stride(0), w2_s.stride(1), w2_s.stride(2),
         b2.stride(0) if has_b2 else 0, b2.stride(1) if has_b2 else 0, out.stride(0),
         HAS_MASK=expert_mask is not None, HAS_BIAS=has_b2, PRESCALE=prescale,
-        BLOCK_S=block_s, BLOCK_N=bn2, BLOCK_K=bk2, num_warps=warps2,
+        BLOCK_S=block_s, BLOCK_N=bn2, BLOCK_K=bk2, ROWS_OUTER=outer2, PREFETCH=pf2, num_warps=warps2,
     )
     return out

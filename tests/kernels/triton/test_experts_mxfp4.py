@@ -187,6 +187,25 @@ def test_sorted_path_low_precision(dtype, variant):
     assert got.dtype == dtype and _err(got, experts_mxfp4_ref(*args)) < 1e-2
 
 
+@pytest.mark.parametrize("H,I,k1,k2", [(160, 96, 32, 32), (96, 224, 64, 64), (64, 64, 64, 64)],
+                         ids=["5+3 steps", "1+tail, 3+tail", "one step each"])
+def test_bits_prefetch_matches_plain_loop(H, I, k1, k2, monkeypatch):
+    """The prefetching K loop of "bits" (next step's loads issued first) does the same arithmetic in the same
+    order as the plain loop: equal results, bit for bit, for several full steps, a full step and a tail, and
+    a single step (no loop body); ``$INDUCTOR_MOE_MXFP4_PREFETCH`` picks the default."""
+    x, ids, weights, q, b13, b2 = _case(11, 4, 2, H, I, torch.float32, True, seed=H)
+    args = (x, ids, weights, *q, b13, b2, "swiglu_oai", True, 1.702, 7.0)
+    config = ExpertsConfig(16, 64, k1, 4, 1, 64, k2, 4, 1)
+    plain = mx.experts_mxfp4_triton(*args, config=config, path="sorted", dequant="bits", prefetch=False)
+    monkeypatch.setenv(mx.PREFETCH_ENV, "1")
+    assert mx.prefetch_default()
+    pf = mx.experts_mxfp4_triton(*args, config=config, path="sorted", dequant="bits")
+    assert torch.equal(pf, plain)
+    assert _err(pf, experts_mxfp4_ref(*args)) < 1e-5
+    monkeypatch.setenv(mx.PREFETCH_ENV, "0")
+    assert not mx.prefetch_default()
+
+
 def _edge_weights(E, N, K, g):
     """Packed weights with every code and the scale bytes 0, 1, 127 and a few normal ones; blocks with the
     scale byte 254 (2**127) hold only +-0 codes so that the GEMMs stay finite."""
@@ -397,6 +416,9 @@ COMPILE_SM90 = textwrap.dedent("""
                        DEQUANT=dq)
             k2 = build(mx._stage2_kernel, dtype, warps, **unit, HAS_BIAS=True, UPCAST=False, IEEE=ieee,
                        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DEQUANT=dq)
+            if dq == 1 and bm == 16:  # the prefetching K loop lowers too
+                build(mx._stage2_kernel, dtype, warps, **unit, HAS_BIAS=True, UPCAST=False, IEEE=ieee,
+                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, DEQUANT=dq, PREFETCH=True)
             if dq == 1 and dtype == "*bf16":  # the decoded words are the dot operand as they are
                 assert not loop_converts(k1) and not loop_converts(k2), loop_converts(k1) + loop_converts(k2)
                 assert "warp_group_dot" in k1.asm["ttgir"] and "warp_group_dot" in k2.asm["ttgir"]

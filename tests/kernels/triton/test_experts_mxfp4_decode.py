@@ -43,8 +43,8 @@ def _probe(q_ptr, s_ptr, xp_ptr, out_ptr, K, stride_qn, stride_sn, BLOCK_N: tl.c
     rows = tl.arange(0, BLOCK_N).to(tl.int64)[None, :]  # one slot
     KG = K // 32
     for g0 in range(0, KG, G):
-        sums = v2._down_step_slots(q_ptr + rows * stride_qn, s_ptr + rows * stride_sn, xp_ptr + rows * 0, g0, KG,
-                                   1, G, PRESCALE, MASKED)
+        words, b = v2._down_load(q_ptr + rows * stride_qn, s_ptr + rows * stride_sn, g0, KG, 1, G, MASKED)
+        sums = v2._down_dot(words, b, xp_ptr + rows * 0, g0, KG, G, PRESCALE, MASKED)
         cols = g0 + tl.arange(0, G)
         tl.store(out_ptr + rows[:, :, None] * KG + cols[None, None, :], sums, mask=(cols < KG)[None, None, :])
 
@@ -95,6 +95,25 @@ def test_v2_matches_reference(dtype, spec, T, k, prep, prescale):
     assert _err(got, experts_mxfp4_ref(*args)) < tol
 
 
+@pytest.mark.parametrize("H,I,up,down", [
+    (160, 224, (16, 32, 1), (4, 32, 1)),  # 5 and 7 full K steps
+    (96, 96, (16, 64, 1), (8, 64, 4)),  # one full step and a tail
+    (64, 64, (16, 64, 1), (4, 64, 4)),  # one step, no loop body
+], ids=["loops", "step+tail", "one step"])
+@pytest.mark.parametrize("k", [3, 4])
+def test_v2_prefetch_and_rows_outer(H, I, up, down, k):
+    """The loop forms of ``_check_tiles``'s flags do the same arithmetic in the same order as the plain
+    loops: prefetching (next step's weight loads first) in both kernels and the rows-outer down tile (rows in
+    a thread's registers, sharing its act loads) give the plain result bit for bit, and match the reference."""
+    x, ids, weights, q, b13, b2 = _case(2, 8, k, H, I, torch.float32, True, seed=H + k)
+    args = (x, ids, weights, *q, b13, b2, "swiglu_oai", True, 1.702, 7.0)
+    plain = v2.experts_mxfp4_decode_v2(*args, tiles1=up, tiles2=down)
+    assert _err(plain, experts_mxfp4_ref(*args)) < 1e-5
+    for pf, outer in ((1, 0), (0, 1), (1, 1)):
+        got = v2.experts_mxfp4_decode_v2(*args, tiles1=up + (pf,), tiles2=down + (pf, outer))
+        assert torch.equal(got, plain), (pf, outer)
+
+
 def test_v2_default_tiles_bf16():
     x, ids, weights, q, b13, b2 = _case(1, 8, 4, 64, 64, torch.bfloat16, True, seed=7)
     args = (x, ids, weights, *q, b13, b2, "swiglu_oai", True, 1.702, 7.0)
@@ -102,13 +121,15 @@ def test_v2_default_tiles_bf16():
     assert _err(got, experts_mxfp4_ref(*args)) < 1e-2
 
 
-@pytest.mark.slow  # ~110 s a case on the interpreter
+@pytest.mark.slow  # ~2-4 min a case on the interpreter
 @pytest.mark.parametrize("T,k", [(1, 4), (2, 8), (8, 4)])
 def test_v2_tuned_tiles(T, k):
-    """The GPU-tuned tiles (``tuned_tiles``) on a K that fits them, with a K tail (288 = 9 groups)."""
+    """The GPU-tuned tiles (``tuned_tiles``, with their prefetch / rows-outer flags) on a K that fits them,
+    with a K tail of one group."""
     up, down = v2.tuned_tiles(T, k)
-    assert up[1] <= 256 and down is not None and down[1] <= 256
-    x, ids, weights, q, b13, b2 = _case(T, 8, k, 288, 288, torch.float32, True, seed=T + k)
+    assert down is not None
+    K = max(up[1], down[1]) + 32
+    x, ids, weights, q, b13, b2 = _case(T, 8, k, K, K, torch.float32, True, seed=T + k)
     args = (x, ids, weights, *q, b13, b2, "swiglu_oai", True, 1.702, 7.0)
     assert _err(v2.experts_mxfp4_decode_v2(*args), experts_mxfp4_ref(*args)) < 1e-5
 
@@ -155,6 +176,8 @@ def test_v2_zero_tokens_bad_tiles_and_layout():
     x, ids, weights, q, _, _ = _case(1, 4, 2, 64, 64, torch.float32, False)
     with pytest.raises(ValueError, match="tiles"):
         v2.experts_mxfp4_decode_v2(x, ids, weights, *q, *spec, tiles1=(16, 16, 4))
+    with pytest.raises(ValueError, match="tiles"):
+        v2.experts_mxfp4_decode_v2(x, ids, weights, *q, *spec, tiles2=(16, 64, 4, 1, 1, 1))
     big = torch.zeros(4, 128, 33, dtype=torch.uint8)
     odd = big[:, :, 1:]  # rows 33 bytes apart, starting 1 byte in: no int32 words
     assert not v2.supports_layout(odd) and v2.supports_layout(q[0], q[1])
@@ -221,9 +244,13 @@ COMPILE_SM90 = textwrap.dedent("""
         ptx = build(v2._up_kernel, "*bf16", 4, HAS_MASK=True, HAS_BIAS=True, ACT=4, INTERLEAVED=True,
                     PREPPED=prep, PRESCALE=prep, ROUND_F16=False, ROUND_BF16=True, BLOCK_N=16, BLOCK_K=256)
         assert "ld.global.v4.b32" in ptx and ".ftz" not in ptx, "up"
-    ptx = build(v2._down_kernel, "*bf16", 4, HAS_MASK=True, HAS_BIAS=True, PRESCALE=True, BLOCK_S=4, BLOCK_N=2,
-                BLOCK_K=512)
-    assert "ld.global.v4.b32" in ptx and ".ftz" not in ptx, "down"
+    ptx = build(v2._up_kernel, "*bf16", 2, HAS_MASK=True, HAS_BIAS=True, ACT=4, INTERLEAVED=True, PREPPED=True,
+                PRESCALE=True, ROUND_F16=False, ROUND_BF16=True, BLOCK_N=8, BLOCK_K=256, PREFETCH=True)
+    assert "ld.global.v4.b32" in ptx and ".ftz" not in ptx, "up, prefetch"
+    for bn, outer, pf in ((2, False, False), (8, True, True), (8, True, False)):
+        ptx = build(v2._down_kernel, "*bf16", 4, HAS_MASK=True, HAS_BIAS=True, PRESCALE=True, BLOCK_S=4,
+                    BLOCK_N=bn, BLOCK_K=512, ROWS_OUTER=outer, PREFETCH=pf)
+        assert "ld.global.v4.b32" in ptx and ".ftz" not in ptx, ("down", outer, pf)
     build(v2._prep_x_kernel, "*bf16", 4, PRESCALE=True, BLOCK=1024)
     print("compiled")
 """)

@@ -26,9 +26,10 @@ from benchmarks.bench_moe_layer import graph_time_us  # noqa: E402
 from benchmarks.floors import bandwidth  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4 as mx  # noqa: E402
 from inductor_moe.kernels.triton import experts_mxfp4_decode as v2  # noqa: E402
-from inductor_moe.quant.mxfp4 import quantize_mxfp4  # noqa: E402
+from benchmarks.tune_mxfp4_decode import LAYERS, make_inputs, make_layer  # noqa: E402
 
-E, K_TOP, H, I = 32, 4, 2880, 2880
+LAYER = LAYERS["gpt_oss"]
+E, H, I = LAYER["E"], LAYER["H"], LAYER["I"]
 SPEC = dict(activation="swiglu_oai", gate_up_interleaved=True, alpha=1.702, limit=7.0)
 
 
@@ -52,23 +53,12 @@ def main():
     args = p.parse_args()
     dev = "cuda"
     gen = torch.Generator(device=dev).manual_seed(0)
-    w13 = torch.randn(E, 2 * I, H, device=dev, generator=gen) * 0.02
-    q13, s13 = quantize_mxfp4(w13)
-    del w13
-    w2 = torch.randn(E, H, I, device=dev, generator=gen) * 0.02
-    q2, s2 = quantize_mxfp4(w2)
-    del w2
-    b13 = (torch.randn(E, 2 * I, device=dev, generator=gen) * 0.02).bfloat16()
-    b2 = (torch.randn(E, H, device=dev, generator=gen) * 0.02).bfloat16()
+    (q13, q2, s13, s2), (b13, b2) = make_layer(LAYER, gen, dev)
     bw = bandwidth()
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s")
 
     for T in [int(t) for t in args.tokens.split(",")]:
-        sets = []
-        for _ in range(8):
-            x = torch.randn(T, H, device=dev, generator=gen).bfloat16()
-            top, ids = torch.topk(torch.randn(T, E, device=dev, generator=gen), K_TOP, dim=-1)
-            sets.append((x, ids.to(torch.int32), torch.softmax(top, dim=-1)))
+        sets = make_inputs(LAYER, T, 8, gen, dev)
         distinct = sum(torch.unique(s[1]).numel() for s in sets) / len(sets)
         nbytes = distinct * 3 * H * I * (0.5 + 1 / 32)
         print(f"\n== T={T}: {distinct:.1f} experts, {nbytes / 1e6:.1f} MB, floor {nbytes / bw * 1e6:.1f} us")

@@ -505,8 +505,8 @@ def mxfp4_config(tokens: int, top_k: int, num_experts: int, hidden: int, inter: 
     """Tiles of the sorted path. "v1": the untuned bf16 heuristic (``configs.default_config``), with the K
     tiles a power of two >= 32 (whole scale blocks, and tl.arange over BLOCK_K/32 scales). "bits" /
     "dot_scaled": guesses from sm_90 builds (registers, shared memory, SASS per weight), timed on an H100 as
-    they are (session 5) but not swept. The block's tokens are the MMA's N, so row blocks stay small while an expert gets a few rows
-    (16 up to 16 rows per expert, 32 up to 40, then 64: fewer, larger blocks decode each weight fewer times
+    they are (session 5) but not swept. The block's tokens are the MMA's N, so row blocks stay small while an
+    expert gets a few rows (16 up to 16 rows per expert, 32 up to 40, then 64: fewer, larger blocks decode each weight fewer times
     but waste MMA work on padding, and at 64 rows the MMA already takes about as long as the decode), and
     BLOCK_N >= 64 per warpgroup (wgmma's M: the weight rows). "bits" stage 1 takes 64 columns (= 128 rows
     of gate and up) and stage 2 128 rows, BLOCK_K 128 (one 16-byte load of packed codes per row and lane):

@@ -1,6 +1,15 @@
 """MXFP4 decode path, version 2: the default decode path of ``experts_mxfp4`` (``INDUCTOR_MOE_MXFP4_DECODE=v1``
 keeps the first kernels). Measured on an H200 (session 4, ``benchmarks/tune_mxfp4_decode.py``): the GPT-OSS
-layer at T=1 in 50 us against 188-192 us for version 1, at T=8 291 us against 712; f32 rel L2 3.7e-7.
+layer at T=1 in 50 us against 188-192 us for version 1, at T=8 291 us against 712; f32 rel L2 3.7e-7. On an
+H100 (session 5) with the two loop forms below (``_check_tiles``'s flags) the GPT-OSS experts at T=1 take
+39.6-41 us (2.35x the weight-bytes floor; up 21.4 us, down 15.6 us, ``tools/probe_mxfp4_decode.py``):
+
+- PREFETCH (both kernels): each K step's weight loads are issued before the previous step is decoded, two
+  steps in flight (the kernels were latency-bound: ncu showed L1TEX scoreboard stalls, under one wave);
+- ROWS_OUTER (down kernel): the tile is [BLOCK_N rows, slots, G, 4] instead of [slots, BLOCK_N, G, 4], so the
+  layout puts the K groups on lanes, the slots on warps and the rows in a thread's registers; the thread's
+  act loads (8 f32 vectors per 16-byte word load, L1 85% busy before) then serve all its rows (ptxas merges
+  the equal addresses: 12 LDG.128 per step for 4 rows instead of 36).
 
 Same op and contract as ``experts_mxfp4.experts_mxfp4_decode_triton`` (``inductor_moe::experts_mxfp4`` for a
 few tokens), written for bandwidth: a decode GEMV moves 0.53 B per weight, so at 3 TB/s an H100 SM has to
@@ -26,9 +35,9 @@ deterministic sum):
    picks exactly one term), [T, H] written once. Pairs with an id outside [0, E) or a masked expert are
    skipped by both kernels (the down kernel reads a clamped expert's rows and drops them with a where).
 
-Inner loop (``_up_load``/``_up_dot``, ``_down_load``/``_down_dot``), per K step, on a tile of ``words`` [BLOCK_N, G, 4] int32
-(G = BLOCK_K/32 groups; one group = 16 packed bytes = 4 little-endian words, nibble i of word w = element
-8w + i), loaded from the uint8 rows through an int32 pointer: one 16-byte vector load per (row, group), the
+Inner loop (``_up_load``/``_up_dot``, ``_down_load``/``_down_dot``), per K step, on a tile of ``words``
+[BLOCK_N, G, 4] int32 (G = BLOCK_K/32 groups; one group = 16 packed bytes = 4 little-endian words, nibble i
+of word w = element 8w + i), loaded from the uint8 rows through an int32 pointer: one 16-byte vector load per (row, group), the
 row bases 16-byte aligned when the byte strides are (Triton specializes strides divisible by 16). Steps
 with no K tail run unmasked (rows past the end are clamped to the last row, never stored): masked loads
 would zero their registers first. ``_e2m1_pair`` decodes nibbles a and a + 4 of a word (a = 0, 1 from the

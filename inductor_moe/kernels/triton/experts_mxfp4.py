@@ -124,25 +124,39 @@ def _bits_act_order(a, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_pair(w, A: tl.constexpr):
+    """Nibbles ``A`` and ``A + 4`` (A in 0..3) of int32 words -> two f32, each value(code) * 2**-126
+    (exact, see experts_mxfp4_decode.py's module doc). Both codes are isolated (nibble A in the low 16-bit
+    half, A + 4 in the high one, the halves' distance), copied to two offsets by one multiply (no carries:
+    the copies do not overlap), which puts the magnitude bits where bf16 keeps e1 e0 m (bits 6-8 of a half)
+    and the sign on bit 15; the halves then become f32 patterns. ``w`` for A = 2, 3 is the word shifted right
+    by 8 (the caller shares that shift)."""
+    z = w & (0x000F000F << (4 * (A % 2)))
+    spread = z * ((1 << (6 - 4 * (A % 2))) + (1 << (12 - 4 * (A % 2))))
+    lo = ((spread << 16) & -2118123520).to(tl.float32, bitcast=True)  # 0x81C00000 as int32
+    hi = (spread & -2118123520).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
 def _e2m1_bits_pair(src, A: tl.constexpr, scale, BF16: tl.constexpr):
     """Nibbles ``A`` and ``A + 4`` (A = 0, 1; for nibbles 2, 3 / 6, 7 pass the words shifted right by 8) of
     int32 words -> (value of nibble A, value of nibble A + 4), each ``value(code) * scale``. The two codes are
-    16 bits apart, so one multiply copies each to two places without carries (as ``_e2m1_pair`` in
-    experts_mxfp4_decode.py) and one mask keeps, per 16-bit half, the sign on bit 15 and e1 e0 m on bits 8..6:
-    a bf16 (or, shifted to the top of a word, f32) bit pattern of exactly ``value * 2**-126`` for every code
-    (code 1, 0.5, is the subnormal 2**-127). Times 2**126, exact, then times the scale, exact while the product
-    stays in range (bf16 has f32's exponent range): 2 bf16x2 multiplies (HMUL2) per pair when BF16, else f32."""
-    z = src & (0x000F000F << (4 * A))
-    t = z * ((1 << (6 - 4 * A)) + (1 << (12 - 4 * A)))
-    r = t & -2118090304  # 0x81C081C0
+    16 bits apart, so one multiply copies each to two places without carries (as ``_e2m1_pair``) and one
+    mask keeps, per 16-bit half, the sign on bit 15 and e1 e0 m on bits 8..6: a bf16 (or, shifted to the top
+    of a word, f32: ``_e2m1_pair`` itself) bit pattern of exactly ``value * 2**-126`` for every code (code 1,
+    0.5, is the subnormal 2**-127). Times 2**126, exact, then times the scale, exact while the product stays
+    in range (bf16 has f32's exponent range): 2 bf16x2 multiplies (HMUL2) per pair when BF16, else f32."""
     if BF16:
+        z = src & (0x000F000F << (4 * A))
+        t = z * ((1 << (6 - 4 * A)) + (1 << (12 - 4 * A)))
+        r = t & -2118090304  # 0x81C081C0
         two126 = tl.full((), 8.507059173023462e+37, tl.bfloat16)
         lo = r.to(tl.int16).to(tl.bfloat16, bitcast=True)
         hi = (r >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    else:
+    else:  # the same patterns in the top half of an f32
         two126 = 8.507059173023462e+37
-        lo = (r << 16).to(tl.float32, bitcast=True)
-        hi = (r & -65536).to(tl.float32, bitcast=True)
+        lo, hi = _e2m1_pair(src, A)
     return lo * two126 * scale, hi * two126 * scale
 
 
@@ -506,8 +520,9 @@ def mxfp4_config(tokens: int, top_k: int, num_experts: int, hidden: int, inter: 
     tiles a power of two >= 32 (whole scale blocks, and tl.arange over BLOCK_K/32 scales). "bits" /
     "dot_scaled": guesses from sm_90 builds (registers, shared memory, SASS per weight), timed on an H100 as
     they are (session 5) but not swept. The block's tokens are the MMA's N, so row blocks stay small while an
-    expert gets a few rows (16 up to 16 rows per expert, 32 up to 40, then 64: fewer, larger blocks decode each weight fewer times
-    but waste MMA work on padding, and at 64 rows the MMA already takes about as long as the decode), and
+    expert gets a few rows (16 up to 16 rows per expert, 32 up to 40, then 64: fewer, larger blocks decode
+    each weight fewer times but waste MMA work on padding, and at 64 rows the MMA already takes about as long
+    as the decode), and
     BLOCK_N >= 64 per warpgroup (wgmma's M: the weight rows). "bits" stage 1 takes 64 columns (= 128 rows
     of gate and up) and stage 2 128 rows, BLOCK_K 128 (one 16-byte load of packed codes per row and lane):
     88-153 registers, 3.5-4 SASS instructions per weight, 3-5 programs of 4 warps per SM."""

@@ -37,11 +37,11 @@ deterministic sum):
 
 Inner loop (``_up_load``/``_up_dot``, ``_down_load``/``_down_dot``), per K step, on a tile of ``words``
 [BLOCK_N, G, 4] int32 (G = BLOCK_K/32 groups; one group = 16 packed bytes = 4 little-endian words, nibble i
-of word w = element 8w + i), loaded from the uint8 rows through an int32 pointer: one 16-byte vector load per (row, group), the
-row bases 16-byte aligned when the byte strides are (Triton specializes strides divisible by 16). Steps
-with no K tail run unmasked (rows past the end are clamped to the last row, never stored): masked loads
-would zero their registers first. ``_e2m1_pair`` decodes nibbles a and a + 4 of a word (a = 0, 1 from the
-word, a = 2, 3 from the word >> 8) with no lookup::
+of word w = element 8w + i), loaded from the uint8 rows through an int32 pointer: one 16-byte vector load per
+(row, group), the row bases 16-byte aligned when the byte strides are (Triton specializes strides divisible
+by 16). Steps with no K tail run unmasked (rows past the end are clamped to the last row, never stored):
+masked loads would zero their registers first. ``_e2m1_pair`` (experts_mxfp4.py) decodes nibbles a and a + 4
+of a word (a = 0, 1 from the word, a = 2, 3 from the word >> 8) with no lookup::
 
     z = w & (0x000F000F << 4a)              # nibble a in the low half, a + 4 in the high half
     t = z * (2**(6 - 4a) + 2**(12 - 4a))    # two copies, no carries: e1 e0 m on bits 6-8, s on bit 15
@@ -88,7 +88,9 @@ import triton
 import triton.language as tl
 
 from .experts import ACT_CODES, _activation, _gate_up_rows
-from .experts_mxfp4 import _e8m0_to_f32, _pair_expert
+from .experts_mxfp4 import _e2m1_pair, _e8m0_to_f32, _pair_expert
+# K-contiguous packed rows readable as int32 words: the same test as the sorted path's "bits" loads
+from .experts_mxfp4 import supports_bits_layout as supports_layout
 
 ENV = "INDUCTOR_MOE_MXFP4_DECODE"
 X_SCALE = 2.0 ** 64  # x' = x * X_SCALE (PRESCALE)
@@ -100,21 +102,6 @@ def enabled() -> bool:
     """Whether ``experts_mxfp4``'s decode dispatch takes version 2 (the default since it was measured on a
     GPU, session 4); ``INDUCTOR_MOE_MXFP4_DECODE=v1`` keeps the first kernels (comparisons, a way out)."""
     return os.environ.get(ENV, "").strip().lower() != "v1"
-
-
-@triton.jit
-def _e2m1_pair(w, A: tl.constexpr):
-    """Nibbles ``A`` and ``A + 4`` (A in 0..3) of int32 words -> two f32, each value(code) * 2**-126 (exact,
-    see the module doc). Both codes are isolated (nibble A in the low 16-bit half, A + 4 in the high one,
-    the halves' distance), copied to two offsets by one multiply (no carries: the copies do not overlap),
-    which puts the magnitude bits where bf16 keeps e1 e0 m (bits 6-8 of a half) and the sign on bit 15;
-    the halves then become f32 patterns. ``w`` for A = 2, 3 is the word shifted right by 8 (the caller
-    shares that shift)."""
-    z = w & (0x000F000F << (4 * (A % 2)))
-    spread = z * ((1 << (6 - 4 * (A % 2))) + (1 << (12 - 4 * (A % 2))))
-    lo = ((spread << 16) & -2118123520).to(tl.float32, bitcast=True)  # 0x81C00000 as int32
-    hi = (spread & -2118123520).to(tl.float32, bitcast=True)
-    return lo, hi
 
 
 @triton.jit
@@ -414,39 +401,28 @@ def _down_kernel(
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + expert) != 0)
     wts = tl.load(wts_ptr + pairs)
+    # [slots, rows] tiles, or [rows, slots] when ROWS_OUTER: then the layout spreads the (wide) K groups over
+    # lanes and the slots over warps first, so a thread's rows share its act registers (act loads per weight
+    # / BLOCK_N); the per-slot vectors broadcast along the other axis
     if ROWS_OUTER:
-        # [BLOCK_N, S]: the layout spreads the (wide) K groups over lanes and the slots over warps first, so
-        # a thread's rows share its act registers (act loads per weight / BLOCK_N)
-        q_rows = q_ptr + expert[None, :] * stride_qe + rows[:, None] * stride_qn
-        s_rows = s_ptr + expert[None, :] * stride_se + rows[:, None] * stride_sn
-        a_base = act_ptr + pairs[None, :] * K + (rows * 0)[:, None]  # act rows of skipped pairs: dropped below
-        y = tl.sum(_down_loop(q_rows, s_rows, a_base, KG, stride_sk, G, PRESCALE, PREFETCH), axis=2)
-        if HAS_BIAS:
-            y += tl.load(b_ptr + expert[None, :] * stride_be + rows[:, None] * stride_bn).to(tl.float32)
-        y = tl.where(valid[None, :], wts[None, :] * y, 0.0)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for s in tl.static_range(BLOCK_S):  # slot order, deterministic (each masked sum is exactly one slot)
-            acc += tl.sum(tl.where((slots == s)[None, :], y, 0.0), axis=1)
+        SLOT_AXIS: tl.constexpr = 1
+        expert2, pairs2, rows2 = expert[None, :], pairs[None, :], rows[:, None]
+        valid2, wts2, slots2 = valid[None, :], wts[None, :], slots[None, :]
     else:
-        q_rows = q_ptr + expert[:, None] * stride_qe + rows[None, :] * stride_qn
-        s_rows = s_ptr + expert[:, None] * stride_se + rows[None, :] * stride_sn
-        a_base = act_ptr + pairs[:, None] * K + (rows * 0)[None, :]  # act rows of skipped pairs: dropped below
-        y = tl.sum(_down_loop(q_rows, s_rows, a_base, KG, stride_sk, G, PRESCALE, PREFETCH), axis=2)
-        if HAS_BIAS:
-            y += tl.load(b_ptr + expert[:, None] * stride_be + rows[None, :] * stride_bn).to(tl.float32)
-        y = tl.where(valid[:, None], wts[:, None] * y, 0.0)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for s in tl.static_range(BLOCK_S):
-            acc += tl.sum(tl.where((slots == s)[:, None], y, 0.0), axis=0)
+        SLOT_AXIS: tl.constexpr = 0
+        expert2, pairs2, rows2 = expert[:, None], pairs[:, None], rows[None, :]
+        valid2, wts2, slots2 = valid[:, None], wts[:, None], slots[:, None]
+    q_rows = q_ptr + expert2 * stride_qe + rows2 * stride_qn
+    s_rows = s_ptr + expert2 * stride_se + rows2 * stride_sn
+    a_base = act_ptr + pairs2 * K + rows2 * 0  # act rows of skipped pairs hold garbage: dropped below
+    y = tl.sum(_down_loop(q_rows, s_rows, a_base, KG, stride_sk, G, PRESCALE, PREFETCH), axis=2)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + expert2 * stride_be + rows2 * stride_bn).to(tl.float32)
+    y = tl.where(valid2, wts2 * y, 0.0)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for s in tl.static_range(BLOCK_S):  # slot order, deterministic (each masked sum is exactly one slot)
+        acc += tl.sum(tl.where(slots2 == s, y, 0.0), axis=SLOT_AXIS)
     tl.store(out_ptr + token.to(tl.int64) * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-def supports_layout(*tensors: torch.Tensor) -> bool:
-    """Packed weights the int32-word loads can read: K contiguous, every row start 4-byte aligned."""
-    for q in tensors:
-        if q.stride(2) != 1 or q.data_ptr() % 4 or q.stride(0) % 4 or q.stride(1) % 4:
-            return False
-    return True
 
 
 def default_tiles(rows: int, k: int, programs: int = 1, slots: int = 1) -> tuple[int, int, int]:
